@@ -25,6 +25,21 @@ FAMILIES = (EPS, FLOW)
 FLOW_SIGMA_OFFSET = 1e-4
 
 
+#: For *schedules* built in lambda on a flow model whose sigma_max is 1 (lambda = -inf there), the
+#: lambda grid starts at FLOW_SCHEDULE_LAMBDA_TOP (sigma ~ 0.953, SNR 0.0025 — pure noise for data of
+#: unit scale, like SD1.5's sigma_max of 14.6 at lambda -2.68) and sigma_max = 1 is kept as the first
+#: value. Offsetting by FLOW_SIGMA_OFFSET instead would start the grid at lambda -9.2 and spend the
+#: first steps between sigma 0.9999 and 0.99, where nothing changes.
+FLOW_SCHEDULE_LAMBDA_TOP = -3.0
+
+
+def schedule_lambda_top(sigma_max: float, family: str) -> float:
+    """The largest-noise lambda a lambda-spaced schedule starts from (see FLOW_SCHEDULE_LAMBDA_TOP)."""
+    if family == FLOW and sigma_max >= 1.0 - 1e-3:
+        return FLOW_SCHEDULE_LAMBDA_TOP
+    return lam(float(sigma_max), family)
+
+
 def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

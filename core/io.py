@@ -8,7 +8,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+try:
+    from safetensors import SafetensorError as SafetensorsError
+except ImportError:  # older safetensors
+    SafetensorsError = Exception
 from safetensors.torch import load_file, save_file
 
 FORMAT_KEY = "fewstep_format"

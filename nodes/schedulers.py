@@ -1,0 +1,180 @@
+"""Schedule nodes (SIGMAS) and FewStep's entries in KSampler's scheduler list."""
+import logging
+import os
+
+import folder_paths
+
+from ..core import families
+from ..core.io import ProfileError, load_checked
+from ..core.model_sigmas import ModelSigmas
+from ..schedules import AYS_MODEL_TYPES, DEFAULT_RHO, SCHEDULE_NAMES, ays_sigmas, get_schedule
+from .common import model_fingerprint, model_sigmas_of, sigmas_out
+from .registry import register_scheduler
+
+log = logging.getLogger("FewStep")
+
+AYS_FOLDER = "fewstep_ays"
+AYS_FORMAT = "ays_schedule/1"
+NONE = "none"
+
+
+def register_folder(name: str):
+    """Register ``models/<name>`` with folder_paths for .safetensors files, append-only."""
+    if name in folder_paths.folder_names_and_paths:
+        return
+    folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+
+
+def saved_ays_names():
+    try:
+        return folder_paths.get_filename_list(AYS_FOLDER)
+    except KeyError:
+        return []
+
+
+def _ays_model_type_for(model) -> str:
+    cls = type(model.model).__name__
+    if cls.startswith("SDXL"):
+        return "SDXL"
+    if cls.startswith("SVD"):
+        return "SVD"
+    return "SD1"
+
+
+def load_saved_ays(name: str, model=None):
+    """(positive 10-step-style table ending at sigma_min, family, metadata) of a saved AYS schedule."""
+    path = folder_paths.get_full_path(AYS_FOLDER, name)
+    if path is None:
+        raise ValueError(f"saved_schedule: {name!r} not found in models/{AYS_FOLDER}")
+    try:
+        tensors, meta = load_checked(path, "AYS schedule", required_tensors=("sigmas",),
+                                     required_meta=("family", "sigma_min"))
+    except ProfileError as e:
+        raise ValueError(f"saved_schedule: {e}") from None
+    if meta.get("fewstep_format") != AYS_FORMAT:
+        raise ValueError(f"saved_schedule: {name} has format {meta.get('fewstep_format')!r}, expected {AYS_FORMAT!r}")
+    s = tensors["sigmas"].double()
+    if s.ndim != 1 or s.numel() < 3 or s[-1] != 0 or not (s[1:] < s[:-1]).all():
+        raise ValueError(f"saved_schedule: {name} does not hold a decreasing schedule ending in 0")
+    fam = meta["family"]
+    if model is not None:
+        mfam = families.family_of_model_sampling(model.get_model_object("model_sampling"))
+        if mfam != fam:
+            raise ValueError(f"saved_schedule: {name} was optimised for a {fam} model, but this model is {mfam}")
+        fp = meta.get("model_fingerprint")
+        if fp and fp != model_fingerprint(model):
+            log.warning("FewStep: saved AYS schedule %s was optimised for another model (fingerprint %s); "
+                        "using it anyway", name, fp)
+    table = s.clone()
+    table[-1] = float(meta["sigma_min"])
+    return table, fam, meta
+
+
+class FewStepAYSScheduler:
+    DESCRIPTION = ("Align Your Steps: NVIDIA's optimised schedules (10-step tables for SD1.5, SDXL, SVD), "
+                   "log-linearly interpolated to any step count; or a schedule saved by FewStepAYSOptimize.")
+    CATEGORY = "sampling/fewstep/schedulers"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_type": (list(AYS_MODEL_TYPES) + ["auto"], {"default": "SD1", "tooltip":
+                               "Which published table. auto picks SD1/SDXL/SVD from the connected model. With a "
+                               "model whose sigma range the table was not made for (SD3, Flux, EDM, ...), the "
+                               "table is remapped onto the model's range through logSNR."}),
+                "steps": ("INT", {"default": 10, "min": 1, "max": 10000, "tooltip":
+                          "Steps actually run (as KSampler). 10 is the published table; other counts are "
+                          "interpolated log-linearly."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                            "Fraction of the schedule to run, for img2img: the last `steps` of a schedule "
+                            "of steps/denoise steps (KSampler's rule)."}),
+            },
+            "optional": {
+                "model": ("MODEL", {"tooltip": "Optional: remaps the table onto this model's sigma range "
+                                    "(needed for auto and for non-SD models)."}),
+                "saved_schedule": ([NONE] + saved_ays_names(), {"default": NONE, "tooltip":
+                                   f"A schedule saved by FewStepAYSOptimize in models/{AYS_FOLDER}; overrides "
+                                   "model_type and is interpolated to `steps`."}),
+            },
+        }
+
+    def get_sigmas(self, model_type, steps, denoise, model=None, saved_schedule=NONE):
+        ms = model_sigmas_of(model) if model is not None else None
+        if saved_schedule and saved_schedule != NONE:
+            table, fam, _ = load_saved_ays(saved_schedule, model)
+            return (sigmas_out(ays_sigmas("SD1", steps, denoise, ms, table=table)),)
+        if model_type == "auto":
+            if model is None:
+                raise ValueError("FewStepAYSScheduler: model_type 'auto' needs a model connected")
+            model_type = _ays_model_type_for(model)
+        if model_type not in AYS_MODEL_TYPES:
+            raise ValueError(f"FewStepAYSScheduler: model_type must be one of {AYS_MODEL_TYPES + ('auto',)}")
+        return (sigmas_out(ays_sigmas(model_type, steps, denoise, ms)),)
+
+
+class FewStepScheduler:
+    DESCRIPTION = "Model-aware sigma schedules: Karras, logSNR-uniform, time-uniform, time-quadratic, polyexponential, AYS."
+    CATEGORY = "sampling/fewstep/schedulers"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model whose sigma range, family (eps/flow) and shift shape the schedule."}),
+            "schedule": (list(SCHEDULE_NAMES), {"default": "logsnr_uniform", "tooltip":
+                         "karras: EDM's rho-spaced sigmas. logsnr_uniform: uniform in log(alpha/sigma) of the "
+                         "model's family. time_uniform: uniform in the model's timesteps. time_quadratic: "
+                         "DPM-Solver's quadratic time steps. polyexponential: polynomial in log sigma (rho 1 = "
+                         "log-uniform). ays: the SD1.5 Align-Your-Steps table remapped onto the model."}),
+            "steps": ("INT", {"default": 10, "min": 1, "max": 10000, "tooltip": "Steps actually run (as KSampler)."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                        "Fraction of the schedule to run (img2img): the last `steps` of a schedule of steps/denoise steps."}),
+            "rho": ("FLOAT", {"default": 7.0, "min": 0.01, "max": 100.0, "step": 0.01, "tooltip":
+                    "Spacing exponent: karras (7 = EDM's choice) and polyexponential (1 = log-uniform). "
+                    "Ignored by the other schedules."}),
+        }}
+
+    def get_sigmas(self, model, schedule, steps, denoise, rho):
+        if schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"FewStepScheduler: schedule must be one of {SCHEDULE_NAMES}, got {schedule!r}")
+        ms = model_sigmas_of(model)
+        if schedule == "polyexponential" and rho == 7.0:
+            log.info("FewStep: polyexponential with rho 7 is very steep; rho 1 is log-uniform")
+        return (sigmas_out(get_schedule(schedule, steps, ms, denoise, rho)),)
+
+
+# --- KSampler scheduler list ---------------------------------------------------------------------
+def _ksampler_handler(name, **kw):
+    def handler(model_sampling, steps):
+        ms = ModelSigmas.from_model_sampling(model_sampling)
+        return sigmas_out(get_schedule(name, steps, ms, 1.0, **kw))
+    return handler
+
+
+def _ays_handler(model_type):
+    def handler(model_sampling, steps):
+        return sigmas_out(ays_sigmas(model_type, steps, 1.0, ModelSigmas.from_model_sampling(model_sampling)))
+    return handler
+
+
+KSAMPLER_SCHEDULERS = {
+    "fewstep_ays": _ays_handler("SD1"),
+    "fewstep_ays_sdxl": _ays_handler("SDXL"),
+    "fewstep_logsnr": _ksampler_handler("logsnr_uniform"),
+    "fewstep_time_uniform": _ksampler_handler("time_uniform"),
+    "fewstep_time_quadratic": _ksampler_handler("time_quadratic"),
+}
+
+
+def register_with_comfyui():
+    register_folder(AYS_FOLDER)
+    for name, fn in KSAMPLER_SCHEDULERS.items():
+        register_scheduler(name, fn)
+
+
+NODE_CLASS_MAPPINGS = {"FewStepAYSScheduler": FewStepAYSScheduler, "FewStepScheduler": FewStepScheduler}
+NODE_DISPLAY_NAME_MAPPINGS = {"FewStepAYSScheduler": "FewStep Align Your Steps", "FewStepScheduler": "FewStep Scheduler"}
