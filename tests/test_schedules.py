@@ -69,14 +69,14 @@ def test_denoise_rule_is_the_tail_of_a_longer_schedule(name, steps, denoise):
 
 def test_published_ays_tables():
     """The published sigmas; and the published timesteps read off SD1.5's grid agree with them to
-    within the page's rounding (5e-4) and its own inconsistency (SD1.5 0.07%, SDXL 1.5% at sigma 0.113 vs 0.1114). SVD is
+    within the page's rounding (5e-4) and its own inconsistency (SD1.5 0.33% at 0.399 vs 0.3977, SDXL 1.5% at 0.113 vs 0.1114). SVD is
     published as sigmas only."""
     assert AYS_PUBLISHED_SIGMAS["SD1"] == [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399,
                                            0.152, 0.029]
     for mt in ("SD1", "SDXL"):
         t = ays_table(mt)
         pub = torch.tensor(AYS_PUBLISHED_SIGMAS[mt], dtype=torch.float64)
-        assert torch.allclose(t, pub, rtol={'SD1': 1e-3, 'SDXL': 1.6e-2}[mt], atol=5e-4), (mt, t, pub)
+        assert torch.allclose(t, pub, rtol={'SD1': 4e-3, 'SDXL': 1.6e-2}[mt], atol=5e-4), (mt, t, pub)
         assert len(AYS_TIMESTEPS[mt]) == 11
     assert torch.allclose(ays_table("SVD"), torch.tensor(AYS_PUBLISHED_SIGMAS["SVD"], dtype=torch.float64),
                           atol=1e-4, rtol=0)
