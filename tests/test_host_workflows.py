@@ -1,0 +1,107 @@
+"""Every example workflow in a real ComfyUI: the API prompts run headless, the UI workflows are
+current (regenerated from their API twins), line up with the node definitions the server publishes,
+queue the same prompt as their twin, and are served in the template browser."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+API_DIR = REPO / "example_workflows" / "api"
+UI_DIR = REPO / "example_workflows"
+API_FILES = sorted(API_DIR.glob("*.json"))
+UI_FILES = sorted(UI_DIR.glob("*.json"))
+
+_spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
+mw = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mw)
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info", timeout=120)
+
+
+def _missing_files(prompt, object_info):
+    """(node, widget, value) of file-choosing combo widgets whose value the server does not list."""
+    out = []
+    for nid, node in prompt.items():
+        info = object_info.get(node["class_type"])
+        if info is None:
+            continue
+        for name, typ, opts, _ in mw.node_inputs(info):
+            values = mw.combo_values(typ, opts)
+            v = node.get("inputs", {}).get(name)
+            if values is not None and isinstance(v, str) and v not in values and v.endswith(
+                    (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")):
+                out.append((nid, name, v))
+    return out
+
+
+def test_there_are_example_workflows():
+    names = {p.stem for p in API_FILES}
+    assert {"basic_ksampler", "scheduler_ays", "scheduler_fewstep"} <= names
+
+
+def test_ui_workflows_are_regenerated(comfy):
+    """`python tools/make_workflows.py --check` passes: every UI file equals what the generator writes
+    from its API twin with today's node definitions, and none is orphaned."""
+    problems = mw.stale(mw.generate_all())
+    assert not problems, "\n".join(problems) + "\nrun: python tools/make_workflows.py"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_ui_workflow_lines_up_with_server_definitions(path, object_info):
+    ui = json.loads(path.read_text())
+    problems = mw.check_ui_workflow(ui, object_info)
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+    twin = API_DIR / path.name
+    assert twin.exists(), f"{path.name} has no API twin"
+    api = mw.load_api(twin)
+    assert mw.ui_to_api(ui, object_info) == mw.normalized_api(api, object_info), \
+        f"{path.name} does not queue the prompt of its API twin"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
+def test_api_workflow_runs_headless(path, comfy_server, object_info):
+    prompt = mw.load_api(path)
+    missing = _missing_files(prompt, object_info)
+    if missing and path.stem.startswith("patch_"):
+        pytest.skip(f"{path.stem} needs model file(s) {sorted({m[2] for m in missing})} that the patch tests generate")
+    status, body = comfy_server.queue(prompt)
+    assert status == 200, body
+    assert body.get("node_errors") == {}, json.dumps(body, indent=1)[:3000]
+    entry = _wait(comfy_server, body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
+    output_nodes = [nid for nid, n in prompt.items() if object_info[n["class_type"]].get("output_node")]
+    assert output_nodes, f"{path.name} has no output node"
+    for nid in output_nodes:
+        assert entry["outputs"].get(str(nid)), f"{path.name}: output node {nid} produced nothing: {entry['outputs']}"
+
+
+def _wait(server, pid, timeout=300):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hist = server.get(f"/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            return hist[pid]
+        if pid in hist and hist[pid].get("status", {}).get("status_str") == "error":
+            return hist[pid]
+        time.sleep(0.25)
+    raise AssertionError(f"prompt {pid} did not finish in {timeout}s")
+
+
+@pytest.mark.server
+def test_template_browser_serves_ui_workflows(comfy_server):
+    listing = comfy_server.get("/workflow_templates")
+    ours = next((v for k, v in listing.items() if k == "comfyui-fewstep"), None)
+    assert ours is not None, listing
+    assert sorted(ours) == sorted(p.stem for p in UI_FILES)
+    served = comfy_server.get(f"/api/workflow_templates/comfyui-fewstep/{UI_FILES[0].name}")
+    assert served == json.loads(UI_FILES[0].read_text())

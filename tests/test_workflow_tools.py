@@ -1,0 +1,162 @@
+"""tools/make_workflows.py on hand-written node definitions (no ComfyUI needed): the UI JSON it
+writes, the widget rules of the frontend it mirrors, and the checks the host tests rely on."""
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
+mw = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mw)
+
+INFOS = {
+    "Src": {"input": {"required": {"seed": ["INT", {"default": 0, "min": 0, "max": 100}],
+                                   "kind": [["a", "b"], {"default": "a"}]}},
+            "input_order": {"required": ["seed", "kind"]},
+            "output": ["MODEL", "LATENT"], "output_name": ["model", "latent"], "display_name": "Source"},
+    "Mid": {"input": {"required": {"model": ["MODEL", {}], "steps": ["INT", {"default": 10, "min": 1, "max": 50}],
+                                   "x": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0}]},
+                      "optional": {"extra": ["MODEL", {}], "name": ["COMBO", {"options": ["none", "f1"]}]}},
+            "input_order": {"required": ["model", "steps", "x"], "optional": ["extra", "name"]},
+            "output": ["SIGMAS"], "output_name": ["SIGMAS"], "display_name": "Mid"},
+    "Sink": {"input": {"required": {"sigmas": ["SIGMAS", {}], "latent": ["LATENT", {}],
+                                    "noise_seed": ["INT", {"default": 0, "min": 0, "max": 10}],
+                                    "flag": ["BOOLEAN", {"default": True}],
+                                    "text": ["STRING", {"default": "t", "forceInput": True}],
+                                    "pick": [["p", "q"], {"control_after_generate": True}],
+                                    "n": ["INT", {"default": 1, "control_after_generate": False, "min": 0, "max": 9}]},
+                       "hidden": {"prompt": "PROMPT"}},
+             "input_order": {"required": ["sigmas", "latent", "noise_seed", "flag", "text", "pick", "n"]},
+             "output": [], "output_name": [], "output_node": True, "display_name": "Sink"},
+    "Txt": {"input": {"required": {}}, "output": ["STRING"], "output_name": ["STRING"], "display_name": "Txt"},
+}
+
+PROMPT = {
+    "1": {"class_type": "Src", "inputs": {"seed": 5, "kind": "b"}},
+    "2": {"class_type": "Mid", "inputs": {"model": ["1", 0], "steps": 7, "x": 0.5}, "_meta": {"title": "My mid"}},
+    "4": {"class_type": "Txt", "inputs": {}},
+    "3": {"class_type": "Sink", "inputs": {"sigmas": ["2", 0], "latent": ["1", 1], "noise_seed": 3, "flag": False,
+                                           "text": ["4", 0], "pick": "q", "n": 2}},
+}
+
+
+def ui():
+    return mw.api_to_ui("t", copy.deepcopy(PROMPT), INFOS)
+
+
+def node(w, nid):
+    return next(n for n in w["nodes"] if n["id"] == nid)
+
+
+def test_widgets_values_follow_frontend_rules():
+    w = ui()
+    # seed-named INT gets a control value; combo keeps its value
+    assert node(w, 1)["widgets_values"] == [5, "fixed", "b"]
+    # omitted optional combo -> its first option; optional socket not a widget
+    assert node(w, 2)["widgets_values"] == [7, 0.5, "none"]
+    # noise_seed -> control; forceInput STRING is a socket; combo asking for control gets one;
+    # an INT explicitly refusing control gets none
+    assert node(w, 3)["widgets_values"] == [3, "fixed", False, "q", "fixed", 2]
+    assert node(w, 2)["title"] == "My mid" and "title" not in node(w, 1)
+
+
+def test_sockets_links_and_ids():
+    w = ui()
+    assert w["version"] == 0.4 and w["last_node_id"] == 4 and w["last_link_id"] == len(w["links"]) == 4
+    links = {l[0]: l for l in w["links"]}
+    mid = node(w, 2)
+    assert [i["name"] for i in mid["inputs"]] == ["model", "extra"]
+    assert mid["inputs"][1] == {"name": "extra", "type": "MODEL", "shape": 7, "link": None}
+    sink = node(w, 3)
+    assert [i["name"] for i in sink["inputs"]] == ["sigmas", "latent", "text"]
+    for slot, inp in enumerate(sink["inputs"]):
+        l = links[inp["link"]]
+        assert l[3] == 3 and l[4] == slot and l[5] == inp["type"]
+    src_out = node(w, 1)["outputs"]
+    assert [o["type"] for o in src_out] == ["MODEL", "LATENT"]
+    assert all(links[lid][1] == 1 and links[lid][2] == o["slot_index"] for o in src_out for lid in o["links"])
+    assert "inputs" not in node(w, 1) or node(w, 1)["inputs"] == []
+
+
+def test_linked_widget_becomes_widget_socket():
+    p = copy.deepcopy(PROMPT)
+    p["5"] = {"class_type": "Src", "inputs": {"seed": 1, "kind": "a"}}
+    p["2"]["inputs"]["steps"] = ["5", 0]  # a MODEL into an INT widget is caught by the check below
+    w = mw.api_to_ui("t", p, INFOS)
+    mid = node(w, 2)
+    steps = next(i for i in mid["inputs"] if i["name"] == "steps")
+    assert steps["widget"] == {"name": "steps"} and steps["link"] is not None
+    assert node(w, 2)["widgets_values"][0] == 10  # the widget keeps its default under the link
+    assert any("steps (INT) is fed MODEL" in p for p in mw.check_ui_workflow(w, INFOS))
+
+
+def test_layout_left_to_right_and_order():
+    w = ui()
+    x = {n["id"]: n["pos"][0] for n in w["nodes"]}
+    assert x[1] < x[2] < x[3] and x[4] == x[1]
+    order = {n["id"]: n["order"] for n in w["nodes"]}
+    for l in w["links"]:
+        assert order[l[1]] < order[l[3]]
+    # nodes in one column do not overlap
+    col = sorted((n for n in w["nodes"] if n["pos"][0] == x[1]), key=lambda n: n["pos"][1])
+    assert col[0]["pos"][1] + col[0]["size"][1] < col[1]["pos"][1]
+
+
+def test_check_accepts_generated_and_round_trips():
+    w = ui()
+    assert mw.check_ui_workflow(w, INFOS) == []
+    assert mw.ui_to_api(w, INFOS) == mw.normalized_api(PROMPT, INFOS)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda w: node(w, 2)["widgets_values"].pop(), "2 widgets_values, the node has 3"),
+    (lambda w: node(w, 2)["widgets_values"].__setitem__(0, 51), "widget steps is 51, outside [1, 50]"),
+    (lambda w: node(w, 2)["widgets_values"].__setitem__(0, 2.5), "not a whole number"),
+    (lambda w: node(w, 1)["widgets_values"].__setitem__(2, "c"), "widget kind is 'c', not one of"),
+    (lambda w: node(w, 1)["widgets_values"].__setitem__(1, "sometimes"), "control_after_generate is 'sometimes'"),
+    (lambda w: node(w, 3)["widgets_values"].__setitem__(2, "yes"), "not true/false"),
+    (lambda w: node(w, 3)["inputs"].pop(0), "required input sigmas is not connected"),
+    (lambda w: w["nodes"].append({"id": 9, "type": "Gone", "widgets_values": []}), "unknown node type"),
+])
+def test_check_catches_drift(mutate, needle):
+    w = ui()
+    mutate(w)
+    problems = mw.check_ui_workflow(w, INFOS)
+    assert any(needle in p for p in problems), problems
+
+
+def test_definition_change_is_caught():
+    """A workflow saved today against a node that later gains a widget in the middle is reported."""
+    w = ui()
+    infos = copy.deepcopy(INFOS)
+    infos["Mid"]["input"]["required"]["y"] = ["FLOAT", {"default": 0.0}]
+    infos["Mid"]["input_order"]["required"].insert(1, "y")
+    assert any("node 2 (Mid): 3 widgets_values, the node has 4" in p for p in mw.check_ui_workflow(w, infos))
+
+
+def test_bad_prompts_are_refused():
+    p = copy.deepcopy(PROMPT)
+    p["2"]["inputs"]["nope"] = 1
+    with pytest.raises(mw.WorkflowError, match="has no input 'nope'"):
+        mw.api_to_ui("t", p, INFOS)
+    p = copy.deepcopy(PROMPT)
+    p["2"]["inputs"]["model"] = ["1", 5]
+    with pytest.raises(mw.WorkflowError, match="which has 2 outputs"):
+        mw.api_to_ui("t", p, INFOS)
+    p = copy.deepcopy(PROMPT)
+    p["2"]["inputs"]["model"] = ["8", 0]
+    with pytest.raises(mw.WorkflowError, match="missing node 8"):
+        mw.api_to_ui("t", p, INFOS)
+
+
+def test_non_numeric_ids_are_mapped():
+    p = {"src": PROMPT["1"], "9": {"class_type": "Mid", "inputs": {"model": ["src", 0], "steps": 3, "x": 1.0}}}
+    w = mw.api_to_ui("t", p, INFOS)
+    assert sorted(n["id"] for n in w["nodes"]) == [9, 10]
+    assert mw.ui_to_api(w, INFOS) == mw.normalized_api(p, INFOS)
+
+
+def test_deterministic():
+    assert mw.dumps(ui()) == mw.dumps(ui())
