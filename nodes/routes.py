@@ -1,0 +1,210 @@
+"""HTTP routes of the pack: ``GET /fewstep/sigmas`` for the schedule preview in the graph editor.
+
+The route answers the very sigmas FewStep's scheduler nodes output (same schedule code, same float32
+SIGMAS rounding) as a JSON list, for a model described by its family and shift, or by a sigma range,
+since the editor has no model object. Every parameter is checked: unknown names, numbers that do not
+parse or are out of the widgets' ranges, and unknown schedule names answer 400 with the reason.
+
+Query parameters
+    schedule        one of ``SCHEDULE_NAMES`` (``ays`` included); required
+    steps           whole number in [1, 10000]; required
+    denoise         number in [0.01, 1]; default 1
+    rho             number in (0, 100]; default: the schedule's (karras 7, polyexponential 1)
+    model_type      ays only: SD1, SDXL or SVD (default SD1)
+    saved_schedule  ays only: a file saved by FewStepAYSOptimize in models/fewstep_ays (or ``none``)
+    family          eps or flow: the model's noise family (eps: SD1.5's discrete sigmas)
+    shift           flow only: timestep shift in [0.01, 100] (default 1)
+    sigma_min, sigma_max   the model's sigma range instead of a family's grid (log-uniform grid)
+
+Without any model parameter, ``ays`` gives the published table unchanged and the other schedules use
+SD1.5's sigmas (what FewStepScheduler does with an SD1.5 model).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+from ..core import families
+from ..core.model_sigmas import ModelSigmas, check_sigma_range
+from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
+from .common import sigmas_out
+
+log = logging.getLogger("FewStep")
+
+ROUTE = "/fewstep/sigmas"
+MAX_STEPS = 10000
+PARAMS = ("schedule", "steps", "denoise", "rho", "model_type", "saved_schedule", "family", "shift",
+          "sigma_min", "sigma_max")
+NONE = "none"
+
+
+class QueryError(ValueError):
+    """A bad query: the message is the reason given back with the 400."""
+
+
+def _one(query, name):
+    v = query.get(name)
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        if len(v) != 1:
+            raise QueryError(f"{name} is given {len(v)} times; give it once")
+        v = v[0]
+    return str(v).strip()
+
+
+def _int(query, name, lo, hi, default=None):
+    raw = _one(query, name)
+    if raw is None or raw == "":
+        if default is None:
+            raise QueryError(f"{name} is required: a whole number in [{lo}, {hi}]")
+        return default
+    try:
+        v = int(raw, 10)
+    except ValueError:
+        raise QueryError(f"{name} must be a whole number in [{lo}, {hi}], got {raw!r}") from None
+    if not lo <= v <= hi:
+        raise QueryError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _float(query, name, lo, hi, default=None, lo_open=False):
+    raw = _one(query, name)
+    rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if raw is None or raw == "":
+        if default is None:
+            raise QueryError(f"{name} is required: a number in {rng}")
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise QueryError(f"{name} must be a number in {rng}, got {raw!r}") from None
+    if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+        raise QueryError(f"{name} must be in {rng}, got {raw}")
+    return v
+
+
+def _choice(query, name, allowed, default=None):
+    raw = _one(query, name)
+    if raw is None or raw == "":
+        if default is None:
+            raise QueryError(f"{name} is required: one of {', '.join(allowed)}")
+        return default
+    if raw not in allowed:
+        raise QueryError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _eps_grid() -> ModelSigmas:
+    # SD1.5's discrete sigmas as ComfyUI holds them (a float32 buffer), so the preview matches what
+    # the nodes compute from a real SD1.5 / analytic eps model
+    vp = ModelSigmas.discrete_vp()
+    return ModelSigmas(families.EPS, vp.table.float().double(), "sd15")
+
+
+def _flow_grid(shift: float) -> ModelSigmas:
+    fl = ModelSigmas.flow(shift)
+    return ModelSigmas(families.FLOW, fl.table.float().double(), fl.name)
+
+
+def model_sigmas_for(query):
+    """The ModelSigmas the query describes, or None when it describes no model."""
+    family = _one(query, "family")
+    has_range = _one(query, "sigma_min") is not None or _one(query, "sigma_max") is not None
+    has_shift = _one(query, "shift") is not None
+    if family is None and not has_range:
+        if has_shift:
+            raise QueryError("shift needs family=flow")
+        return None
+    family = _choice(query, "family", families.FAMILIES, default=families.EPS)
+    if has_range:
+        if has_shift:
+            raise QueryError("give either shift or sigma_min/sigma_max, not both")
+        smin = _float(query, "sigma_min", 0.0, 1e4, lo_open=True)
+        smax = _float(query, "sigma_max", 0.0, 1e4, lo_open=True)
+        try:
+            check_sigma_range(smin, smax, family)
+        except ValueError as e:
+            raise QueryError(str(e)) from None
+        return ModelSigmas.from_range(family, smin, smax)
+    if family == families.FLOW:
+        return _flow_grid(_float(query, "shift", 0.01, 100.0, default=1.0))
+    if has_shift:
+        raise QueryError("shift applies to family=flow only")
+    return _eps_grid()
+
+
+def sigmas_for_query(query) -> list:
+    """The sigma list for a query mapping (name -> str or [str]). Raises QueryError with the reason."""
+    unknown = sorted(set(query) - set(PARAMS))
+    if unknown:
+        raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
+    schedule = _choice(query, "schedule", SCHEDULE_NAMES)
+    steps = _int(query, "steps", 1, MAX_STEPS)
+    denoise = _float(query, "denoise", 0.01, 1.0, default=1.0)
+    rho_raw = _one(query, "rho")
+    rho = None if rho_raw in (None, "") else _float(query, "rho", 0.0, 100.0, lo_open=True)
+    ms = model_sigmas_for(query)
+    model_type = _one(query, "model_type")
+    saved = _one(query, "saved_schedule")
+    if schedule != "ays":
+        for name, v in (("model_type", model_type), ("saved_schedule", saved)):
+            if v not in (None, "", NONE):
+                raise QueryError(f"{name} applies to schedule=ays only")
+    try:
+        if schedule == "ays":
+            if model_type == "auto":
+                raise QueryError("model_type auto is decided by the connected model; ask for one of "
+                                 + ", ".join(AYS_MODEL_TYPES))
+            model_type = _choice(query, "model_type", AYS_MODEL_TYPES, default="SD1")
+            if saved not in (None, "", NONE):
+                from .schedulers import load_saved_ays, saved_ays_names
+                if saved not in saved_ays_names():
+                    raise QueryError(f"saved_schedule {saved!r} is not in models/fewstep_ays")
+                table, _, _ = load_saved_ays(saved)
+                s = ays_sigmas(model_type, steps, denoise, ms, table=table)
+            else:
+                s = ays_sigmas(model_type, steps, denoise, ms)
+        else:
+            s = get_schedule(schedule, steps, ms if ms is not None else _eps_grid(), denoise, rho)
+    except QueryError:
+        raise
+    except ValueError as e:  # the schedule code's own range checks (e.g. too many steps for the range)
+        raise QueryError(str(e)) from None
+    return [float(v) for v in sigmas_out(s).tolist()]
+
+
+# --- aiohttp ---------------------------------------------------------------------------------------
+async def _handle_sigmas(request):
+    from aiohttp import web
+
+    query = {k: request.query.getall(k) for k in request.query.keys()}
+    try:
+        body = sigmas_for_query(query)
+    except QueryError as e:
+        return web.json_response({"error": str(e)}, status=400)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _prompt_server():
+    srv = sys.modules.get("server")  # ComfyUI's server module; never imported here
+    cls = getattr(srv, "PromptServer", None)
+    return getattr(cls, "instance", None)
+
+
+def register_with_comfyui():
+    """Add ``GET /fewstep/sigmas`` to ComfyUI's routes (only under a running PromptServer). Idempotent."""
+    inst = _prompt_server()
+    if inst is None:
+        return False
+    routes = inst.routes
+    for r in routes:
+        if getattr(r, "method", None) == "GET" and getattr(r, "path", None) == ROUTE:
+            return False
+    routes.get(ROUTE)(_handle_sigmas)
+    return True
+
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
