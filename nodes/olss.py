@@ -1,0 +1,286 @@
+"""OLSS nodes: train a solver on the user's own model (FewStepOLSSTrain) and use it (FewStepOLSSSampler).
+
+The teacher trajectory is recorded through ComfyUI's real sampling path (``comfy.sample.sample_custom``
+with the CFG guider, so LoRA, ControlNet, model patches and wrappers on the MODEL are all included):
+the SAMPLER passed to it is a recording function that runs the chosen FewStep teacher solver and keeps,
+from its per-step callback, each state and the CFG-combined denoised output the solver saw. Each
+trajectory is folded into the running QR factor right away (samplers/olss.py), so memory does not grow
+with ``samples``. Fitting and path planning are samplers/olss.py; profiles are safetensors files in
+ComfyUI's ``fewstep_olss`` models folder.
+
+Mismatch policy (also in docs/olss.md):
+* a profile used on a model of the other noise family (eps vs flow): error;
+* SIGMAS whose step count or values differ from the profile's selected sigmas: error;
+* a different model fingerprint (another checkpoint, other LoRA strengths) or another cfg: warning in
+  the log, sampling goes on (the coefficients are usually still close; retrain for best results).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+
+from ..core.io import ProfileError
+from ..samplers import olss as core
+from ..schedules import SCHEDULE_NAMES, get_schedule
+from .common import family_of_k_model, model_fingerprint, model_sigmas_of, sigmas_out
+
+log = logging.getLogger("FewStep")
+
+FOLDER = "fewstep_olss"
+CATEGORY = "sampling/fewstep/olss"
+LINKED = "(use the linked profile)"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
+
+#: deterministic teachers: label -> (module in samplers/, function, fixed options)
+TEACHERS = {
+    "dpmpp_2m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 2}),
+    "dpmpp_3m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 3}),
+    "euler": ("euler", "sample_euler", {}),
+}
+TEACHER_STEPS_RANGE = (20, 1000)
+SAMPLES_RANGE = (1, 256)
+
+
+def register_with_comfyui():
+    """Register the ``fewstep_olss`` models folder (only if no one has, e.g. extra_model_paths.yaml)."""
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)],
+                                                      {".safetensors"})
+
+
+def profile_dir() -> str:
+    register_with_comfyui()
+    return folder_paths.get_folder_paths(FOLDER)[0]
+
+
+def profile_names() -> list[str]:
+    register_with_comfyui()
+    try:
+        return [n for n in folder_paths.get_filename_list(FOLDER) if n.endswith(".safetensors")]
+    except Exception:  # a folder that does not exist yet
+        return []
+
+
+def teacher_function(name: str):
+    if name not in TEACHERS:
+        raise ValueError(f"FewStepOLSSTrain: teacher must be one of {tuple(TEACHERS)}, got {name!r}")
+    module, fn_name, opts = TEACHERS[name]
+    import importlib
+    try:
+        mod = importlib.import_module(f"..samplers.{module}", __package__)
+    except ImportError as e:
+        raise RuntimeError(f"FewStepOLSSTrain: teacher solver {name} (samplers/{module}.py) is not "
+                           f"available: {e}") from None
+    return functools.partial(getattr(mod, fn_name), **opts)
+
+
+def _check_int(value, lo, hi, widget):
+    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
+        raise ValueError(f"FewStepOLSSTrain: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+class FewStepOLSSTrain:
+    DESCRIPTION = ("Trains an OLSS solver (Optimal Linear Subspace Search, Duan et al. 2023) for this MODEL: "
+                   "records fine teacher trajectories through ComfyUI's sampling (LoRA, ControlNet and patches "
+                   "included), fits per-step linear coefficients by least squares and picks the step subset by "
+                   "path planning. Saves the profile to models/fewstep_olss/<name>.safetensors.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("OLSS_PROFILE", "STRING")
+    RETURN_NAMES = ("profile", "report")
+    OUTPUT_TOOLTIPS = ("The trained OLSS profile: connect to FewStep OLSS Sampler.",
+                       "The selected sigmas and the fit error of every step.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to fit the solver to (with its LoRAs and patches)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning used while recording the teacher."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning used while recording the teacher."}),
+            "latent_image": ("LATENT", {"tooltip": "Latent of the size (and batch) to train on; empty latents "
+                                                   "train text-to-image sampling."}),
+            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
+                    "CFG scale of the teacher. Use the cfg you will sample with: the profile is fitted to it."}),
+            "teacher": (list(TEACHERS), {"default": "dpmpp_2m", "tooltip":
+                        "Teacher ODE solver whose fine trajectory OLSS learns to shortcut (FewStep's own)."}),
+            "teacher_steps": ("INT", {"default": 100, "min": TEACHER_STEPS_RANGE[0], "max": TEACHER_STEPS_RANGE[1],
+                              "tooltip": "Steps of the teacher trajectory; the student's sigmas are chosen among "
+                                         "these. More is more accurate and slower (one model call per step "
+                                         "per sample)."}),
+            "teacher_schedule": (list(SCHEDULE_NAMES), {"default": "karras", "tooltip":
+                                 "Sigma schedule of the teacher trajectory (FewStep schedules)."}),
+            "steps": ("INT", {"default": 8, "min": 4, "max": 20, "tooltip":
+                      "Steps of the trained solver (= model calls at sampling)."}),
+            "samples": ("INT", {"default": 8, "min": SAMPLES_RANGE[0], "max": SAMPLES_RANGE[1], "tooltip":
+                        "Number of teacher runs (seeds seed, seed+1, ...), each over the whole latent batch."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip":
+                     "First noise seed of the teacher runs (use other seeds when sampling)."}),
+            "path_planning": ("BOOLEAN", {"default": True, "tooltip":
+                              "On: OLSS, the paper's path planning picks the step subset. Off: OLSS-P, "
+                              "steps uniform in the teacher's step index."}),
+            "name": ("STRING", {"default": "olss_profile", "tooltip":
+                     "File name of the profile in models/fewstep_olss (letters, digits, _ - . and spaces; "
+                     "an existing file of that name is replaced)."}),
+        }}
+
+    def train(self, model, positive, negative, latent_image, cfg, teacher, teacher_steps, teacher_schedule, steps,
+              samples, seed, path_planning, name):
+        name = str(name).strip()
+        if name.endswith(".safetensors"):
+            name = name[: -len(".safetensors")]
+        if not NAME_RE.match(name) or ".." in name:
+            raise ValueError(f"FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
+                             f"or spaces (no folders), got {name!r}")
+        teacher_steps = _check_int(teacher_steps, *TEACHER_STEPS_RANGE, "teacher_steps")
+        steps = _check_int(steps, 4, 20, "steps")
+        samples = _check_int(samples, *SAMPLES_RANGE, "samples")
+        if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
+            raise ValueError(f"FewStepOLSSTrain: cfg must be in [0, 100], got {cfg!r}")
+        if teacher_schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"FewStepOLSSTrain: teacher_schedule must be one of {SCHEDULE_NAMES}, got "
+                             f"{teacher_schedule!r}")
+        teacher_fn = teacher_function(teacher)
+        ms = model_sigmas_of(model)
+        teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms)
+        sigmas_c = sigmas_out(teacher_sigmas)
+
+        pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1)
+        interrupt = comfy.model_management.throw_exception_if_processing_interrupted
+
+        def on_step(_d):
+            interrupt()
+            pbar.update(1)
+
+        latent = latent_image["samples"]
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise_mask = latent_image.get("noise_mask")
+        qr = core.TrajectoryQR(teacher_steps)
+        for s in range(samples):
+            interrupt()
+            record = {}
+
+            def recorder(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+                fam = family_of_k_model(model_k)
+                st, out = core.record_trajectory(model_k, x, sigmas, functools.partial(teacher_fn, family=fam),
+                                                 extra_args, callback=on_step)
+                record["states"], record["outputs"] = st, out
+                return st[-1].to(x.device, x.dtype)
+
+            noise = comfy.sample.prepare_noise(latent, seed + s)
+            comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(recorder), sigmas_c, positive,
+                                       negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=seed + s)
+            qr.add(record["states"], record["outputs"], check_interrupt=interrupt)
+            del record
+            pbar.update(1)
+        family = ms.family
+        prof = core.fit_profile(qr, sigmas_c.to(torch.float64), steps, family, bool(path_planning),
+                                check_interrupt=interrupt, teacher=f"{teacher} x{teacher_steps} {teacher_schedule}",
+                                cfg=float(cfg), model_fingerprint=model_fingerprint(model), name=name)
+        pbar.update(1)
+        path = os.path.join(profile_dir(), name + ".safetensors")
+        prof.save(path)
+        report = core.olss_error_report(prof) + f"\nsaved to {path}"
+        log.info(report)
+        return (prof, report)
+
+
+# ------------------------------------------------------------------------------------------------
+def check_profile_for_model(model_k, profile: core.OLSSProfile):
+    """Called by the sampler with ComfyUI's k-diffusion model: error on a family mismatch, warnings
+    on another model fingerprint or cfg (see the module doc)."""
+    fam = family_of_k_model(model_k)
+    label = f"OLSS profile {profile.name!r}" if profile.name else "OLSS profile"
+    if fam != profile.family:
+        raise ValueError(f"{label} was trained on a {profile.family} model, but this model is {fam}: "
+                         "train a profile on this model (FewStep OLSS Train)")
+    guider = getattr(model_k, "inner_model", None)
+    patcher = getattr(guider, "model_patcher", None)
+    if patcher is not None and profile.model_fingerprint:
+        fp = model_fingerprint(patcher)
+        if fp != profile.model_fingerprint:
+            log.warning("FewStep OLSS: %s was trained on model %s, this model is %s (another checkpoint or "
+                        "other LoRA/patches); the coefficients may not fit it — retrain for best results",
+                        label, profile.model_fingerprint, fp)
+    cfg = getattr(guider, "cfg", None)
+    if cfg is not None and abs(float(cfg) - profile.cfg) > 1e-6:
+        log.warning("FewStep OLSS: %s was trained at cfg %g, sampling at cfg %g; retrain at this cfg for best "
+                    "results", label, profile.cfg, float(cfg))
+
+
+def sample_olss_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, profile=None):
+    """KSAMPLER function: the profile checks, then the pure solver."""
+    if profile is None:
+        raise ValueError("FewStep OLSS sampler has no profile")
+    check_profile_for_model(model, profile)
+    return core.sample_olss(model, x, sigmas, extra_args, callback, disable, profile=profile)
+
+
+class FewStepOLSSSampler:
+    DESCRIPTION = ("Samples with a trained OLSS profile: outputs the SAMPLER and the learned SIGMAS (use both on "
+                   "SamplerCustom / SamplerCustomAdvanced). The profile comes from the dropdown of saved profiles "
+                   "(models/fewstep_olss) or from a linked FewStep OLSS Train node.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER", "SIGMAS")
+    RETURN_NAMES = ("sampler", "sigmas")
+    OUTPUT_TOOLTIPS = ("The OLSS solver with this profile's coefficients.",
+                       "The learned step subset; the sampler only accepts these sigmas.")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "profile_name": ([LINKED] + profile_names(), {"tooltip":
+                             "A saved profile in models/fewstep_olss, or '(use the linked profile)' to take the "
+                             "'profile' input. A linked profile always wins."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                        "Below 1 (img2img): keeps the last round(steps*denoise) learned steps and refits their "
+                        "coefficients from the stored data so the start state replaces the initial noise."}),
+        }, "optional": {
+            "profile": ("OLSS_PROFILE", {"tooltip": "A profile from FewStep OLSS Train (overrides the dropdown)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, profile_name, denoise=1.0, profile=None):
+        if profile_name == LINKED:
+            return ""
+        path = folder_paths.get_full_path(FOLDER, profile_name)
+        if path is None:
+            return "missing"
+        st = os.stat(path)
+        return f"{st.st_mtime_ns}:{st.st_size}"
+
+    def build(self, profile_name, denoise, profile=None):
+        if profile is None:
+            if profile_name == LINKED:
+                raise ValueError("FewStepOLSSSampler: profile_name is '(use the linked profile)' but no profile is "
+                                 "linked: pick a saved profile or connect FewStep OLSS Train")
+            path = folder_paths.get_full_path(FOLDER, profile_name)
+            if path is None:
+                raise ValueError(f"FewStepOLSSSampler: profile {profile_name!r} not found in models/{FOLDER}")
+            profile = core.OLSSProfile.load(path)
+        if not isinstance(profile, core.OLSSProfile):
+            raise ValueError("FewStepOLSSSampler: the profile input is not an OLSS profile")
+        if not (isinstance(denoise, (int, float)) and math.isfinite(denoise) and 0 < denoise <= 1):
+            raise ValueError(f"FewStepOLSSSampler: denoise must be in (0, 1], got {denoise!r}")
+        prof = profile.truncated(float(denoise))
+        sampler = comfy.samplers.KSAMPLER(sample_olss_comfy, {"profile": prof})
+        return (sampler, sigmas_out(prof.sigmas))
+
+
+NODE_CLASS_MAPPINGS = {"FewStepOLSSTrain": FewStepOLSSTrain, "FewStepOLSSSampler": FewStepOLSSSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"FewStepOLSSTrain": "FewStep OLSS Train (fit a solver to this model)",
+                              "FewStepOLSSSampler": "FewStep OLSS Sampler"}
+__all__ = ["ProfileError"]
