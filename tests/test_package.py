@@ -50,6 +50,6 @@ def test_core_modules_import_only_torch_numpy():
     for folder in ("schedules", "samplers", "core"):
         for f in (REPO / folder).glob("*.py"):
             for ln in f.read_text().splitlines():
-                if re.match(r"\s*(import|from)\s+(comfy|comfy_extras|folder_paths|nodes|server|execution)\\b", ln):
+                if re.match(r"\s*(import|from)\s+(comfy|comfy_extras|folder_paths|nodes|server|execution)\b", ln):
                     bad.append(f"{f.name}: {ln.strip()}")
     assert not bad, bad
