@@ -369,7 +369,7 @@ def api_to_ui(name: str, prompt: dict, infos: dict) -> dict:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.9, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": 0.9, "offset": [10, 50]}},
         "version": 0.4,
     }
 

@@ -1,0 +1,201 @@
+"""The schedule preview in ComfyUI's real graph editor, driven in Debian's Chromium with Playwright:
+add FewStepAYSScheduler through the node search, change steps through the widget, and check that the
+preview's data and its pixels follow. Also loads a generated UI workflow in the editor and checks the
+prompt the editor would queue is the API twin's. Screenshots go to artifacts/ (gitignored)."""
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+DOCS_IMG = REPO / "docs" / "img"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+pytestmark = [pytest.mark.host, pytest.mark.server]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="python package playwright absent: browser test skipped")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"Chromium not found at {CHROMIUM}: browser test skipped", allow_module_level=True)
+Image = pytest.importorskip("PIL.Image", reason="Pillow absent: browser test skipped")
+
+APP = "window.comfyAPI.app.app"
+NODE_GEOM = """([type, widget]) => {
+  const app = window.comfyAPI.app.app;
+  const n = app.graph.nodes.find((n) => n.type === type);
+  const ds = app.canvas.ds;
+  const r = app.canvas.canvas.getBoundingClientRect();
+  const at = (x, y) => { const p = ds.convertOffsetToCanvas([n.pos[0] + x, n.pos[1] + y]); return [r.left + p[0], r.top + p[1]]; };
+  const out = { node: [...at(0, -LiteGraph.NODE_TITLE_HEIGHT), n.size[0] * ds.scale, (n.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * ds.scale],
+                plot: [...at(0, n.size[1] - 160), n.size[0] * ds.scale, 160 * ds.scale] };
+  if (widget) {
+    const w = n.widgets.find((w) => w.name === widget);
+    const y = (w.y ?? w.last_y) + 10;
+    out.center = at(n.size[0] / 2, y);
+    out.increment = at(n.size[0] - 22, y);
+    out.value = w.value;
+  }
+  return out;
+}"""
+PREVIEW_STATE = """(type) => {
+  const n = window.comfyAPI.app.app.graph.nodes.find((n) => n.type === type);
+  const s = n?.fewstepPreview;
+  return s ? { url: s.url, sigmas: s.sigmas, error: s.error, note: s.note, updated: s.updated ?? 0, loading: s.loading } : null;
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server):
+    # no first-run template dialog, no minimap over the canvas
+    comfy_server.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack or ''}"))
+        pg.goto(comfy_server.url, wait_until="domcontentloaded")
+        pg.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.LiteGraph", timeout=90000)
+        pg.wait_for_function(f"() => ({APP}.extensions ?? []).some((e) => e.name === 'FewStep.SchedulePreview')",
+                             timeout=30000)
+        try:  # the editor opens its default workflow once ready; clearing before that is undone
+            pg.wait_for_function(f"() => {APP}.graph.nodes.length > 0", timeout=20000)
+        except sync_api.TimeoutError:
+            pass
+        pg.wait_for_timeout(500)
+        pg.fewstep_errors = errors
+        yield pg
+        browser.close()
+
+
+def _clear(page):
+    page.evaluate(f"() => {{ const app = {APP}; app.graph.clear(); app.canvas.ds.offset = [0, 0]; "
+                  "app.canvas.ds.scale = 1; app.graph.setDirtyCanvas(true, true); }")
+
+
+def _wait_state(page, type_, pred, what, timeout=20):
+    deadline = time.time() + timeout
+    st = None
+    while time.time() < deadline:
+        st = page.evaluate(PREVIEW_STATE, type_)
+        if st and not st["loading"] and pred(st):
+            return st
+        page.wait_for_timeout(100)
+    raise AssertionError(f"preview of {type_} never showed {what}; last state {json.dumps(st)[:600]}")
+
+
+def _shot(page, box):
+    x, y, w, h = box
+    return Image.open(io.BytesIO(page.screenshot(clip={"x": x, "y": y, "width": w, "height": h}))).convert("RGB")
+
+
+def _pixels(img):
+    return list(img.get_flattened_data()) if hasattr(img, "get_flattened_data") else list(img.getdata())
+
+
+def _curve_pixels(img):
+    """Pixels of the preview's curve colour (#58a6ff, anti-aliased)."""
+    return sum(1 for r, g, b in _pixels(img) if b > 200 and 120 < g < 200 and r < 140)
+
+
+def _no_pack_errors(page):
+    ours = [e for e in page.fewstep_errors if "fewstep" in e.lower()]
+    assert not ours, "\n".join(ours)
+
+
+def test_preview_follows_steps(page, comfy_server):
+    _clear(page)
+    # 1-2. add the node as a user does: double-click the canvas, search, Enter
+    search = page.locator("input[placeholder='Search Nodes...']")
+    for _ in range(3):
+        page.mouse.dblclick(500, 300)
+        try:
+            search.wait_for(state="visible", timeout=5000)
+            break
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")
+    search.type("FewStep Align Your Steps")
+    page.locator("[role=option]").filter(has_text="FewStep Align Your Steps").first.wait_for(timeout=10000)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.comfyAPI.app.app.graph.nodes.some((n) => n.type === 'FewStepAYSScheduler')",
+                           timeout=10000)
+    st = _wait_state(page, "FewStepAYSScheduler", lambda s: s["sigmas"] and len(s["sigmas"]) == 11, "10 steps")
+    status, want = comfy_server.request("GET", "/fewstep/sigmas?schedule=ays&steps=10&model_type=SD1")
+    assert status == 200 and st["sigmas"] == want and st["error"] is None
+    page.mouse.move(1000, 650)
+    page.wait_for_timeout(200)
+    geom = page.evaluate(NODE_GEOM, ["FewStepAYSScheduler", "steps"])
+    before = _shot(page, geom["plot"])
+    assert _curve_pixels(before) > 60, "the preview draws no curve"
+
+    # 3. change steps through the widget: its increment arrow, then typing a value into its prompt
+    page.mouse.click(*geom["increment"])
+    _wait_state(page, "FewStepAYSScheduler", lambda s: len(s["sigmas"] or []) == 12, "11 steps after the arrow")
+    page.mouse.click(*geom["center"])
+    page.wait_for_timeout(300)
+    page.keyboard.press("Control+A")
+    page.keyboard.type("20")
+    page.keyboard.press("Enter")
+    # 4. the preview updates: its data (the route's 20-step schedule) ...
+    st = _wait_state(page, "FewStepAYSScheduler", lambda s: len(s["sigmas"] or []) == 21, "20 steps")
+    assert page.evaluate(NODE_GEOM, ["FewStepAYSScheduler", "steps"])["value"] == 20
+    status, want = comfy_server.request("GET", "/fewstep/sigmas?schedule=ays&steps=20&model_type=SD1")
+    assert st["sigmas"] == want and "steps=20" in st["url"]
+    # ... and its pixels
+    page.mouse.move(1000, 650)
+    page.wait_for_timeout(300)
+    after = _shot(page, geom["plot"])
+    changed = sum(1 for a, b in zip(_pixels(before), _pixels(after)) if a != b)
+    assert changed > 300, f"only {changed} preview pixels changed after steps 10 -> 20"
+    assert _curve_pixels(after) > 60
+
+    # a workflow from another machine naming a saved schedule this one lacks: the preview shows the
+    # route's reason instead of a stale curve
+    set_saved = """(v) => { const n = window.comfyAPI.app.app.graph.nodes.find((n) => n.type === 'FewStepAYSScheduler');
+        const w = n.widgets.find((w) => w.name === 'saved_schedule'); w.value = v; w.callback?.(v); }"""
+    page.evaluate(set_saved, "gone.safetensors")
+    st = _wait_state(page, "FewStepAYSScheduler", lambda s: s["error"], "an error")
+    assert "saved_schedule 'gone.safetensors' is not in models/fewstep_ays" in st["error"] and st["sigmas"] is None
+    page.evaluate(set_saved, "none")
+    _wait_state(page, "FewStepAYSScheduler", lambda s: len(s["sigmas"] or []) == 21, "the curve again")
+
+    # 5. screenshots as artifacts (and the README's picture when asked for, or when it is missing)
+    page.mouse.move(1000, 650)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "preview_editor.png"))
+    x, y, w, h = geom["node"]
+    node_png = ARTIFACTS / "preview.png"
+    page.screenshot(path=str(node_png), clip={"x": x - 12, "y": y - 30, "width": w + 24, "height": h + 42})
+    if os.environ.get("FEWSTEP_UPDATE_DOCS_IMG") or not (DOCS_IMG / "preview.png").exists():
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(node_png, DOCS_IMG / "preview.png")
+    _no_pack_errors(page)
+
+
+def test_generated_workflow_loads_and_queues_its_twin(page, comfy_server):
+    """The UI workflow written by tools/make_workflows.py loads in the editor, its FewStepScheduler
+    preview reads the analytic model's family upstream, and the editor's prompt equals the API twin."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+    ui = json.loads((REPO / "example_workflows" / "scheduler_fewstep.json").read_text())
+    api = mw.load_api(REPO / "example_workflows" / "api" / "scheduler_fewstep.json")
+    infos = comfy_server.get("/object_info", timeout=120)
+    page.evaluate(f"async (wf) => {{ await {APP}.loadGraphData(wf); }}", ui)
+    st = _wait_state(page, "FewStepScheduler", lambda s: s["sigmas"] and len(s["sigmas"]) == 9, "8 steps")
+    assert st["note"] == "analytic eps" and "family=eps" in st["url"] and "schedule=logsnr_uniform" in st["url"]
+    queued = page.evaluate(f"async () => (await {APP}.graphToPrompt()).output")
+    for node in queued.values():
+        node.pop("_meta", None)
+    assert queued == mw.normalized_api(api, infos)
+    page.mouse.move(1000, 650)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "preview_workflow.png"))
+    _no_pack_errors(page)
