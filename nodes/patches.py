@@ -1,0 +1,121 @@
+"""FewStepDeepCache, FewStepTGate, FewStepFreeU: MODEL in, patched clone out (see patches/)."""
+from ..patches.deepcache import MODES, apply_deepcache
+from ..patches.freeu import PRESETS, apply_freeu
+from ..patches.tgate import apply_tgate
+
+CATEGORY = "sampling/fewstep/patches"
+
+
+class FewStepDeepCache:
+    DESCRIPTION = ("DeepCache: on full steps the whole UNet runs and its deep feature is cached; on the steps "
+                   "in between only the shallow blocks run, reusing that feature. About N times fewer full "
+                   "UNet passes for cache_interval N. UNet models only (SD1.x, SD2.x, SDXL, SVD).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model with DeepCache; the input model is unchanged.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A UNet model (SD1.x, SD2.x, SDXL, SVD)."}),
+            "cache_interval": ("INT", {"default": 3, "min": 1, "max": 1000, "tooltip":
+                               "N: one full UNet pass every N steps, cached passes in between. 1 = no caching."}),
+            "cache_depth": ("INT", {"default": 0, "min": 0, "max": 11, "tooltip":
+                            "Which skip branch is recomputed on cached steps: 0 = the shallowest (fastest, the "
+                            "paper's choice); higher recomputes more blocks (closer to the uncached result). "
+                            "At most 11 for SD1.x/2.x, 8 for SDXL."}),
+            "mode": (list(MODES), {"default": "uniform", "tooltip":
+                     "uniform: full pass every N steps. non-uniform: the paper's 1:N schedule with the same "
+                     "number of full passes, denser around the centre step."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                              "Cache only from this point of the sampling (0 = from the start)."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                            "Cache only up to this point of the sampling (1 = to the end)."}),
+        }, "optional": {
+            "center": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                       "non-uniform mode: centre of the dense full passes, as a fraction of the steps."}),
+            "power": ("FLOAT", {"default": 1.4, "min": 1.01, "max": 4.0, "step": 0.01, "tooltip":
+                      "non-uniform mode: how fast the full passes thin out away from the centre."}),
+        }}
+
+    def patch(self, model, cache_interval, cache_depth, mode, start_percent, end_percent, center=0.3, power=1.4):
+        return (apply_deepcache(model, cache_interval, cache_depth, mode, start_percent, end_percent, center, power),)
+
+
+class FewStepTGate:
+    DESCRIPTION = ("T-GATE: after the gate step, cross-attention output is cached (mean of cond and uncond) and "
+                   "reused, and the unconditional batch is dropped from the model call. Before the gate nothing "
+                   "changes. UNet models only.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model with T-GATE; the input model is unchanged.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A UNet model (SD1.x, SD2.x, SDXL)."}),
+            "gate_percent": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                             "Fraction of the steps run unchanged; from there on cross-attention is cached and "
+                             "CFG's unconditional pass is skipped. 1.0 = never gate (no change)."}),
+            "self_attn_cache": ("BOOLEAN", {"default": False, "tooltip":
+                                "After the gate, also reuse self-attention output on every other step "
+                                "(T-GATE v2). Faster, slightly further from the unpatched result."}),
+        }}
+
+    def patch(self, model, gate_percent, self_attn_cache):
+        return (apply_tgate(model, gate_percent, self_attn_cache),)
+
+
+class FewStepFreeU:
+    DESCRIPTION = ("FreeU: re-weights the UNet decoder's backbone features (b) and damps the low frequencies "
+                   "of its skip features (s) in the first two decoder stages. Version 2 scales the backbone "
+                   "by a structure-aware map. Presets are the FreeU authors' recommended values.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model with FreeU; the input model is unchanged.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A UNet model (SD1.x, SD2.x, SDXL)."}),
+            "version": ("INT", {"default": 2, "min": 1, "max": 2, "tooltip":
+                        "1: constant backbone factor. 2: backbone factor modulated by the feature's normalised "
+                        "channel mean (FreeU v2)."}),
+            "b1": ("FLOAT", {"default": 1.3, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                   "Backbone factor of the deepest decoder stage (used when preset is custom)."}),
+            "b2": ("FLOAT", {"default": 1.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                   "Backbone factor of the second decoder stage (used when preset is custom)."}),
+            "s1": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                   "Low-frequency factor of the deepest stage's skip feature (used when preset is custom)."}),
+            "s2": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                   "Low-frequency factor of the second stage's skip feature (used when preset is custom)."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                              "Apply FreeU from this point of the sampling."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                            "Apply FreeU up to this point of the sampling."}),
+            "preset": (["custom", *PRESETS], {"default": "custom", "tooltip":
+                       "The FreeU authors' recommended b1, b2, s1, s2 for a base model; custom uses the "
+                       "sliders. " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())}),
+        }}
+
+    def patch(self, model, version, b1, b2, s1, s2, start_percent, end_percent, preset):
+        if preset != "custom":
+            if preset not in PRESETS:
+                raise ValueError(f"FewStepFreeU: preset must be one of {['custom', *PRESETS]}, got {preset!r}")
+            b1, b2, s1, s2 = PRESETS[preset]
+        return (apply_freeu(model, int(version), b1, b2, s1, s2, start_percent, end_percent),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FewStepDeepCache": FewStepDeepCache,
+    "FewStepTGate": FewStepTGate,
+    "FewStepFreeU": FewStepFreeU,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FewStepDeepCache": "FewStep DeepCache",
+    "FewStepTGate": "FewStep T-GATE",
+    "FewStepFreeU": "FewStep FreeU",
+}
