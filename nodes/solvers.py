@@ -1,0 +1,424 @@
+"""Solver nodes (SAMPLER) and FewStep's deterministic defaults in KSampler's sampler list.
+
+Each node returns ``comfy.samplers.KSAMPLER(wrapper, options)``. The wrapper is the only ComfyUI-aware
+part: it reads the noise family (eps / flow) from the model ComfyUI hands the sampler, turns the
+sampling seed (``extra_args["seed"]``, the seed of RandomNoise / KSampler) into one of ComfyUI's own
+noise samplers for the stochastic solvers, and calls the pure solver function in ``samplers/``.
+The same seed therefore gives the same noise as ComfyUI's built-in samplers:
+
+* ``brownian``: ``BrownianTreeNoiseSampler`` over [smallest positive sigma, largest sigma], seeded and
+  on the CPU, as ComfyUI's dpmpp_2m_sde / dpmpp_3m_sde build it;
+* ``gaussian``: fresh Gaussian noise per step from a generator seeded with the seed, as ComfyUI's
+  ancestral samplers (euler_ancestral, lcm, ...) draw it.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import comfy.k_diffusion.sampling as k_sampling
+import comfy.samplers
+
+from .common import family_of_k_model
+from .registry import register_sampler
+
+log = logging.getLogger("FewStep")
+
+CATEGORY = "sampling/fewstep/samplers"
+NOISE_TYPES = ("brownian", "gaussian")
+
+
+# ------------------------------------------------------------------------------------------------
+# resolving the pure solver functions (samplers/ is torch-only; looked up lazily by name)
+def solver_fn(module: str, name: str):
+    """``fewstep.samplers.<module>.<name>``, or None when that solver is not available."""
+    try:
+        mod = importlib.import_module(f"..samplers.{module}", __package__)
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
+def _require(module: str, name: str, node: str):
+    fn = solver_fn(module, name)
+    if fn is None:
+        raise RuntimeError(f"{node}: the solver samplers/{module}.py:{name} is not available in this "
+                           "FewStep install")
+    return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# ComfyUI noise samplers from the sampling seed
+def _seed_of(extra_args):
+    seed = (extra_args or {}).get("seed")
+    return None if seed is None else int(seed)
+
+
+def comfy_noise_sampler(kind: str, x, sigmas, seed):
+    """One of ComfyUI's own noise samplers, built the way its built-in samplers build them."""
+    if kind == "brownian":
+        pos = sigmas[sigmas > 0]
+        if pos.numel() == 0:
+            return None
+        return k_sampling.BrownianTreeNoiseSampler(x, pos.min(), sigmas.max(), seed=seed, cpu=True)
+    if kind == "gaussian":
+        return k_sampling.default_noise_sampler(x, seed=seed)
+    raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {kind!r}")
+
+
+def make_sampler_function(module: str, name: str, node: str, noise: str | None = None, **fixed):
+    """A k-diffusion sampler function for KSAMPLER / KSampler's list, calling
+    ``samplers/<module>.py:<name>`` with the model's family and ``fixed`` + per-call options.
+
+    ``noise``: None for deterministic solvers; otherwise the default noise kind ("brownian" /
+    "gaussian"), overridable per call with the ``noise_type`` option. Stochastic solvers get
+    ``seed`` and ``noise_sampler`` (ComfyUI's, see the module doc) unless the caller passes its own.
+    """
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        fn = _require(module, name, node)
+        extra_args = {} if extra_args is None else extra_args
+        opts = dict(fixed)
+        opts.update(options)
+        family = opts.pop("family", None) or family_of_k_model(model)
+        kind = opts.pop("noise_type", noise)
+        if noise is not None:
+            seed = _seed_of(extra_args)
+            opts.setdefault("seed", seed)
+            if opts.get("noise_sampler") is None and len(sigmas) > 1:
+                opts["noise_sampler"] = comfy_noise_sampler(kind, x, sigmas, seed)
+        return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                  family=family, **opts)
+
+    sample.__name__ = f"fewstep_{name}"
+    sample.__qualname__ = sample.__name__
+    sample.__doc__ = f"FewStep {node} ({module}.{name}) for ComfyUI."
+    return sample
+
+
+def _ksampler(module, name, node, noise=None, **options):
+    fn = make_sampler_function(module, name, node, noise=noise)
+    return (comfy.samplers.KSAMPLER(fn, options),)
+
+
+# ------------------------------------------------------------------------------------------------
+# checks with the widget's name and its allowed range
+def _check_range(node, widget, value, lo, hi, integer=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+    if integer and ok:
+        ok = float(value) == int(value)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{node}: {widget} must be {kind} in [{lo}, {hi}], got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _check_choice(node, widget, value, choices):
+    if value not in choices:
+        raise ValueError(f"{node}: {widget} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+_S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "round": False, "tooltip":
+            "Scale of the fresh noise added at each stochastic step (1 = the exact SDE). "
+            "Slightly above 1 can offset the detail lost by few steps."})
+
+
+def _bool(node, widget, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{node}: {widget} must be true or false, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+class FewStepDDIM:
+    DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
+                   "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
+                   "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
+                    "Stochasticity: 0 = deterministic DDIM (an ODE solver), 1 = ancestral sampling (DDPM-like). "
+                    "In between mixes the two."}),
+            "s_noise": _S_NOISE,
+        }}
+
+    def get_sampler(self, eta, s_noise):
+        n = "FewStepDDIM"
+        eta = _check_range(n, "eta", eta, 0.0, 1.0)
+        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
+        return _ksampler("ddim", "sample_ddim", n, noise="gaussian", eta=eta, s_noise=s_noise)
+
+
+class FewStepDPMSolver:
+    DESCRIPTION = ("DPM-Solver (Lu et al. 2022), noise prediction, singlestep: each step of order k uses k "
+                   "model calls (order 1 = DDIM). Best with a logSNR-uniform schedule.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "order": ("INT", {"default": 2, "min": 1, "max": 3, "tooltip":
+                      "Solver order 1-3. A step of order k costs k model calls, so with the same number of "
+                      "model calls, order 3 takes a third of the steps."}),
+        }}
+
+    def get_sampler(self, order):
+        n = "FewStepDPMSolver"
+        order = _check_range(n, "order", order, 1, 3, integer=True)
+        return _ksampler("dpm_solver", "sample_dpm_solver", n, order=order)
+
+
+DPMPP_MODES = ("2m", "3m", "2s", "sde_2m", "sde_3m")
+
+
+class FewStepDPMSolverPP:
+    DESCRIPTION = ("DPM-Solver++ (Lu et al. 2022), data prediction: multistep 2M / 3M (one model call per "
+                   "step), singlestep 2S (two calls per step), and the SDE variants 2M / 3M with eta and "
+                   "seeded noise. The final step to sigma 0 is first order, as in the paper.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "mode": (list(DPMPP_MODES), {"default": "2m", "tooltip":
+                     "2m / 3m: deterministic multistep of order 2 / 3. 2s: deterministic singlestep order 2 "
+                     "(2 model calls per step). sde_2m / sde_3m: the stochastic multistep solvers (use eta, "
+                     "s_noise and noise_type)."}),
+            "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
+                    "SDE modes only: amount of noise; 0 turns the SDE solver into the ODE solver, 1 is the "
+                    "exact SDE. Ignored by 2m / 3m / 2s."}),
+            "s_noise": _S_NOISE,
+            "noise_type": (list(NOISE_TYPES), {"default": "brownian", "tooltip":
+                           "SDE modes only: brownian = a Brownian tree seeded with the sampling seed (the same "
+                           "noise as ComfyUI's dpmpp_2m_sde for the same seed; consistent across step counts); "
+                           "gaussian = independent Gaussian noise per step."}),
+            "lower_order_final": ("BOOLEAN", {"default": True, "tooltip":
+                                  "Use lower orders for the last steps (more stable with few steps). Multistep "
+                                  "modes (2m, 3m, sde_2m, sde_3m) only."}),
+        }}
+
+    def get_sampler(self, mode, eta, s_noise, noise_type, lower_order_final):
+        n = "FewStepDPMSolverPP"
+        mode = _check_choice(n, "mode", mode, DPMPP_MODES)
+        eta = _check_range(n, "eta", eta, 0.0, 1.0)
+        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
+        noise_type = _check_choice(n, "noise_type", noise_type, NOISE_TYPES)
+        lof = _bool(n, "lower_order_final", lower_order_final)
+        if mode in ("2m", "3m"):
+            return _ksampler("dpm_solver_pp", "sample_dpmpp_multistep", n, order=int(mode[0]), lower_order_final=lof)
+        if mode == "2s":
+            return _ksampler("dpm_solver_pp", "sample_dpmpp_2s", n)
+        return _sde_sampler(n, int(mode[4]), eta, s_noise, noise_type, lof)
+
+
+def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
+    fn = make_sampler_function("dpm_solver_pp", "sample_dpmpp_sde", node, noise=noise_type)
+    opts = {"order": order, "eta": eta, "s_noise": s_noise, "noise": noise_type, "noise_type": noise_type,
+            "lower_order_final": lof}
+    return (comfy.samplers.KSAMPLER(fn, opts),)
+
+
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
+class FewStepUniPC:
+    DESCRIPTION = ("UniPC (Zhao et al. 2023): a multistep predictor (UniP) with a corrector (UniC) that reuses "
+                   "the next model call, so the corrector raises the order at no extra cost.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "variant": (list(UNIPC_VARIANTS), {"default": "bh2", "tooltip":
+                        "The UniPC coefficient B(h): bh1 = h (the paper's choice for unconditional sampling with very "
+                        "few steps), bh2 = e^h - 1 (the paper's choice for guided sampling)."}),
+            "order": ("INT", {"default": 3, "min": 1, "max": 3, "tooltip":
+                      "Order of the predictor, 1-3 (the corrector adds one)."}),
+            "corrector": ("BOOLEAN", {"default": True, "tooltip":
+                          "Apply the UniC corrector after each step (not after the last one). No extra model calls."}),
+            "lower_order_final": ("BOOLEAN", {"default": True, "tooltip":
+                                  "Use lower orders for the last steps (more stable with few steps)."}),
+        }}
+
+    def get_sampler(self, variant, order, corrector, lower_order_final):
+        n = "FewStepUniPC"
+        variant = _check_choice(n, "variant", variant, UNIPC_VARIANTS)
+        order = _check_range(n, "order", order, 1, 3, integer=True)
+        corrector = _bool(n, "corrector", corrector)
+        lof = _bool(n, "lower_order_final", lower_order_final)
+        return _ksampler("unipc", "sample_unipc", n, variant=variant, order=order, use_corrector=corrector,
+                         lower_order_final=lof)
+
+
+class FewStepDEIS:
+    DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-3: a multistep exponential "
+                   "integrator whose coefficients are computed for the actual sigma grid and model family.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "order": ("INT", {"default": 3, "min": 1, "max": 3, "tooltip":
+                      "tAB order 1-3 (number of past model outputs used). One model call per step."}),
+        }}
+
+    def get_sampler(self, order):
+        n = "FewStepDEIS"
+        order = _check_range(n, "order", order, 1, 3, integer=True)
+        return _ksampler("deis", "sample_deis", n, order=order)
+
+
+PNDM_WARMUPS = ("lower", "rk")
+
+
+class FewStepPNDM:
+    DESCRIPTION = ("PNDM / PLMS (Liu et al. 2022): the 4th-order linear multistep update "
+                   "(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})/24 on the pseudo-numerical DDIM step.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "warmup": (list(PNDM_WARMUPS), {"default": "lower", "tooltip":
+                       "How the first 3 steps are taken before 4 past outputs exist. lower: lower-order "
+                       "linear multistep (one model call per step, the PLMS of Stable Diffusion). rk: the "
+                       "paper's pseudo Runge-Kutta steps (4 model calls each)."}),
+        }}
+
+    def get_sampler(self, warmup):
+        n = "FewStepPNDM"
+        warmup = _check_choice(n, "warmup", warmup, PNDM_WARMUPS)
+        return _ksampler("pndm", "sample_pndm", n, warmup=warmup)
+
+
+EDM_METHODS = ("heun", "euler")
+
+
+class FewStepEDM:
+    DESCRIPTION = ("EDM sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method with optional "
+                   "churn (S_churn, S_tmin, S_tmax, S_noise), or plain Euler. The last step to sigma 0 is Euler.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "method": (list(EDM_METHODS), {"default": "heun", "tooltip":
+                       "heun: 2nd order, 2 model calls per step (1 on the last). euler: 1st order, 1 call per step."}),
+            "s_churn": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False, "tooltip":
+                        "Total churn: each step in [s_tmin, s_tmax] first raises sigma by "
+                        "gamma = min(s_churn/steps, sqrt(2)-1) with fresh noise. 0 = deterministic."}),
+            "s_tmin": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.01, "round": False, "tooltip":
+                       "Churn only at sigmas >= s_tmin."}),
+            "s_tmax": ("FLOAT", {"default": 1000.0, "min": 0.0, "max": 1000.0, "step": 0.01, "round": False, "tooltip":
+                       "Churn only at sigmas <= s_tmax."}),
+            "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.001, "round": False, "tooltip":
+                        "Scale of the churn noise (EDM uses 1.003-1.007 for some models; 1 = exact)."}),
+        }}
+
+    def get_sampler(self, method, s_churn, s_tmin, s_tmax, s_noise):
+        n = "FewStepEDM"
+        method = _check_choice(n, "method", method, EDM_METHODS)
+        s_churn = _check_range(n, "s_churn", s_churn, 0.0, 100.0)
+        s_tmin = _check_range(n, "s_tmin", s_tmin, 0.0, 1000.0)
+        s_tmax = _check_range(n, "s_tmax", s_tmax, 0.0, 1000.0)
+        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 100.0)
+        if s_tmin > s_tmax:
+            raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
+        return _ksampler("edm", "sample_edm", n, noise="gaussian", method=method, s_churn=s_churn,
+                         s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+class FewStepTCD:
+    DESCRIPTION = ("TCD (Zheng et al. 2024), strategic stochastic sampling: jump deterministically to "
+                   "(1 - gamma) of the next sigma, then re-noise to it. gamma 0 is deterministic (DDIM), "
+                   "gamma 1 is LCM-style multistep sampling. For TCD / LCM / consistency models.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "gamma": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
+                      "Stochasticity in [0, 1]: 0 = deterministic, 1 = full re-noising each step (LCM). "
+                      "The TCD paper uses 0.3; raise it if images look over-detailed."}),
+        }}
+
+    def get_sampler(self, gamma):
+        n = "FewStepTCD"
+        gamma = _check_range(n, "gamma", gamma, 0.0, 1.0)
+        return _ksampler("tcd", "sample_tcd", n, noise="gaussian", gamma=gamma)
+
+
+# ------------------------------------------------------------------------------------------------
+# KSampler's sampler list: deterministic defaults, one model call per step unless noted
+#: name -> (module, function, options, description)
+KSAMPLER_SAMPLERS = {
+    "fewstep_dpmpp_2m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 2, "lower_order_final": True},
+                         "DPM-Solver++(2M)"),
+    "fewstep_dpmpp_3m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 3, "lower_order_final": True},
+                         "DPM-Solver++(3M)"),
+    "fewstep_dpmpp_2s": ("dpm_solver_pp", "sample_dpmpp_2s", {}, "DPM-Solver++(2S), 2 calls per step"),
+    "fewstep_unipc_bh1": ("unipc", "sample_unipc", {"variant": "bh1", "order": 3, "use_corrector": True,
+                                                    "lower_order_final": True}, "UniPC-3 bh1"),
+    "fewstep_unipc_bh2": ("unipc", "sample_unipc", {"variant": "bh2", "order": 3, "use_corrector": True,
+                                                    "lower_order_final": True}, "UniPC-3 bh2"),
+    "fewstep_deis_3": ("deis", "sample_deis", {"order": 3}, "DEIS tAB3"),
+    "fewstep_pndm": ("pndm", "sample_pndm", {"warmup": "lower"}, "PLMS with lower-order warm-up"),
+    "fewstep_ddim": ("ddim", "sample_ddim", {"eta": 0.0}, "DDIM (eta 0)"),
+    "fewstep_edm_heun": ("edm", "sample_edm", {"method": "heun", "s_churn": 0.0}, "EDM Heun, 2 calls per step"),
+}
+
+
+def ksampler_function(name: str):
+    """The function FewStep registers (or would register) as KSampler sampler ``name``."""
+    module, fn, options, _ = KSAMPLER_SAMPLERS[name]
+    return make_sampler_function(module, fn, name, **options)
+
+
+def register_with_comfyui():
+    for name, (module, fn, _, _) in KSAMPLER_SAMPLERS.items():
+        if solver_fn(module, fn) is None:
+            log.info("FewStep: %s not registered in KSampler (samplers/%s.py:%s missing)", name, module, fn)
+            continue
+        register_sampler(name, ksampler_function(name))
+
+
+NODE_CLASS_MAPPINGS = {
+    "FewStepDDIM": FewStepDDIM,
+    "FewStepDPMSolver": FewStepDPMSolver,
+    "FewStepDPMSolverPP": FewStepDPMSolverPP,
+    "FewStepUniPC": FewStepUniPC,
+    "FewStepDEIS": FewStepDEIS,
+    "FewStepPNDM": FewStepPNDM,
+    "FewStepEDM": FewStepEDM,
+    "FewStepTCD": FewStepTCD,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FewStepDDIM": "FewStep DDIM",
+    "FewStepDPMSolver": "FewStep DPM-Solver",
+    "FewStepDPMSolverPP": "FewStep DPM-Solver++",
+    "FewStepUniPC": "FewStep UniPC",
+    "FewStepDEIS": "FewStep DEIS",
+    "FewStepPNDM": "FewStep PNDM / PLMS",
+    "FewStepEDM": "FewStep EDM (Heun / Euler)",
+    "FewStepTCD": "FewStep TCD",
+}
