@@ -26,16 +26,35 @@ function linkById(graph, id) {
 
 // What the preview can know about the model feeding the node: FewStep's analytic model tells its
 // family and shift; for any other model the preview falls back to SD1.5's sigmas and says so.
+// Nodes that pass a MODEL through (patches, LoRAs, ...) keep its sigmas: the walk goes on upstream
+// through their "model" input. ModelSamplingSD3 sets a flow grid with its shift.
+function upstreamModel(node) {
+  let input = node.inputs?.find((i) => i.name === "model");
+  if (!input || input.link == null) return null;
+  for (let hop = 0; hop < 16; hop++) {
+    const link = linkById(node.graph, input.link);
+    const src = link ? node.graph.getNodeById(link.origin_id) : null;
+    if (!src) return null;
+    if (src.type === "FewStepAnalyticModel" || src.type === "ModelSamplingSD3") return src;
+    input = src.inputs?.find((i) => i.name === "model" && i.type === "MODEL");
+    const out = src.outputs?.[link.origin_slot];
+    if (!input || input.link == null || out?.type !== "MODEL") return { unknown: true };
+  }
+  return { unknown: true };
+}
+
 function modelParams(node) {
-  const input = node.inputs?.find((i) => i.name === "model");
-  if (!input || input.link == null) return { connected: false };
-  const link = linkById(node.graph, input.link);
-  const src = link ? node.graph.getNodeById(link.origin_id) : null;
-  if (src?.type === "FewStepAnalyticModel") {
+  const src = upstreamModel(node);
+  if (!src) return { connected: false };
+  if (src.type === "FewStepAnalyticModel") {
     const family = value(src, "family");
     const params = { family };
     if (family === "flow") params.shift = value(src, "shift");
     return { connected: true, known: true, params, label: `analytic ${family}` };
+  }
+  if (src.type === "ModelSamplingSD3") {
+    const shift = value(src, "shift");
+    return { connected: true, known: true, params: { family: "flow", shift }, label: `flow shift ${shift}` };
   }
   return { connected: true, known: false };
 }

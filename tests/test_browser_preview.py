@@ -195,7 +195,45 @@ def test_generated_workflow_loads_and_queues_its_twin(page, comfy_server):
     for node in queued.values():
         node.pop("_meta", None)
     assert queued == mw.normalized_api(api, infos)
+    # the model upstream changes family: the preview follows (flow grid, the model's shift)
+    page.evaluate("""() => { const n = window.comfyAPI.app.app.graph.nodes.find((n) => n.type === 'FewStepAnalyticModel');
+        const w = n.widgets.find((w) => w.name === 'family'); w.value = 'flow'; w.callback?.('flow');
+        n.setDirtyCanvas(true, true); }""")
+    st = _wait_state(page, "FewStepScheduler", lambda s: s["note"] == "analytic flow", "the flow model")
+    assert "family=flow" in st["url"] and "shift=3" in st["url"] and st["sigmas"][0] == 1.0
+    status, want = comfy_server.request("GET", "/fewstep/sigmas?schedule=logsnr_uniform&steps=8&denoise=1&rho=7"
+                                               "&family=flow&shift=3")
+    assert status == 200 and st["sigmas"] == want
     page.mouse.move(1000, 650)
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "preview_workflow.png"))
+    _no_pack_errors(page)
+
+
+def test_every_ui_workflow_queues_its_twin_in_the_editor(page, comfy_server):
+    """Each generated UI workflow, loaded in the real editor, queues exactly its API twin: the
+    frontend reads the widgets_values the generator wrote the way the generator meant them."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+    infos = comfy_server.get("/object_info", timeout=120)
+    problems = []
+    files = sorted((REPO / "example_workflows").glob("*.json"))
+    assert files
+    for path in files:
+        twin = REPO / "example_workflows" / "api" / path.name
+        if not twin.exists():
+            problems.append(f"{path.name}: no API twin")
+            continue
+        ui = json.loads(path.read_text())
+        page.evaluate(f"async (wf) => {{ await {APP}.loadGraphData(wf); }}", ui)
+        queued = page.evaluate(f"async () => (await {APP}.graphToPrompt()).output")
+        for node in queued.values():
+            node.pop("_meta", None)
+        want = mw.normalized_api(mw.load_api(twin), infos)
+        if queued != want:
+            diff = {k: (queued.get(k), want.get(k)) for k in set(queued) | set(want) if queued.get(k) != want.get(k)}
+            problems.append(f"{path.name}: editor queues something else: {json.dumps(diff)[:800]}")
+    assert not problems, "\n".join(problems)
     _no_pack_errors(page)
