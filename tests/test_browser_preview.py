@@ -52,8 +52,10 @@ PREVIEW_STATE = """(type) => {
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    # no first-run template dialog, no minimap over the canvas
-    comfy_server.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+    # no first-run template dialog, no minimap over the canvas, no missing-model dialog (the patch
+    # examples name SD1.5's checkpoint)
+    comfy_server.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                                  "Comfy.Workflow.ShowMissingModelsWarning": False})
     ARTIFACTS.mkdir(exist_ok=True)
     errors = []
     with sync_api.sync_playwright() as p:

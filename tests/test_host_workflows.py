@@ -35,8 +35,7 @@ def _missing_files(prompt, object_info):
         for name, typ, opts, _ in mw.node_inputs(info):
             values = mw.combo_values(typ, opts)
             v = node.get("inputs", {}).get(name)
-            if values is not None and isinstance(v, str) and v not in values and v.endswith(
-                    (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")):
+            if values is not None and isinstance(v, str) and v not in values and v.endswith(mw.MODEL_FILE_SUFFIXES):
                 out.append((nid, name, v))
     return out
 
@@ -72,7 +71,8 @@ def test_api_workflow_runs_headless(path, comfy_server, object_info):
     prompt = mw.load_api(path)
     missing = _missing_files(prompt, object_info)
     if missing and path.stem.startswith("patch_"):
-        pytest.skip(f"{path.stem} needs model file(s) {sorted({m[2] for m in missing})} that the patch tests generate")
+        pytest.skip(f"{path.stem} needs {sorted({m[2] for m in missing})}: run with a generated checkpoint by "
+                    "tests/test_host_patches_server.py")
     status, body = comfy_server.queue(prompt)
     assert status == 200, body
     assert body.get("node_errors") == {}, json.dumps(body, indent=1)[:3000]

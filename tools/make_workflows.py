@@ -393,11 +393,18 @@ def _number_ok(v, typ, opts):
     return None
 
 
+#: file names a combo may hold although this machine lacks the file (the editor keeps the value and
+#: offers the download; e.g. the patch examples name SD1.5's checkpoint)
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
+
+
 def check_value(typ, opts, v):
     """None when ``v`` is a valid value of the widget, else the reason."""
     values = combo_values(typ, opts)
     if values is not None:
-        return None if v in values else f"is {v!r}, not one of {values[:12]}{' ...' if len(values) > 12 else ''}"
+        if v in values or (isinstance(v, str) and v.endswith(MODEL_FILE_SUFFIXES) and ".." not in v):
+            return None
+        return f"is {v!r}, not one of {values[:12]}{' ...' if len(values) > 12 else ''}"
     if typ in ("INT", "FLOAT"):
         return _number_ok(v, typ, opts)
     if typ == "STRING":
