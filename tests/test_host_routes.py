@@ -50,6 +50,20 @@ def test_fewstep_scheduler_equals_node_on_analytic_model(comfy, routes, family, 
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("family,shift", [("eps", None), ("flow", 3.0)])
+@pytest.mark.parametrize("model_type", ["SD1", "SDXL", "SVD"])
+def test_ays_equals_node_with_analytic_model(comfy, routes, family, shift, model_type):
+    """With a model connected the AYS table is remapped onto the model's range (flow: through logSNR)."""
+    from fewstep.nodes.analytic import make_analytic_patcher
+    model, _, _ = make_analytic_patcher(family, shift or 3.0)
+    q = _q(schedule="ays", steps=12, denoise=1.0, model_type=model_type, family=family)
+    if shift is not None:
+        q["shift"] = str(shift)
+    got = torch.tensor(routes.sigmas_for_query(q), dtype=torch.float64)
+    want = _node_sigmas(comfy, "FewStepAYSScheduler", model_type, 12, 1.0, model=model).double()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
 def test_sigma_range_model(comfy, routes):
     got = routes.sigmas_for_query(_q(schedule="karras", steps=5, sigma_min=0.002, sigma_max=80, rho=7))
     assert got[0] == pytest.approx(80.0) and got[-2] == pytest.approx(0.002, rel=1e-6) and got[-1] == 0.0

@@ -105,3 +105,10 @@ def test_template_browser_serves_ui_workflows(comfy_server):
     assert sorted(ours) == sorted(p.stem for p in UI_FILES)
     served = comfy_server.get(f"/api/workflow_templates/comfyui-fewstep/{UI_FILES[0].name}")
     assert served == json.loads(UI_FILES[0].read_text())
+
+
+def test_every_fewstep_node_is_in_an_example_workflow(comfy):
+    """The issue is done when every FewStep node is covered by an example workflow."""
+    used = {n["class_type"] for p in API_FILES for n in mw.load_api(p).values()}
+    missing = sorted(set(comfy.NODES) - used)
+    assert not missing, f"FewStep nodes without an example workflow in example_workflows/api/: {missing}"
