@@ -45,11 +45,16 @@ def test_there_are_example_workflows():
     assert {"basic_ksampler", "scheduler_ays", "scheduler_fewstep"} <= names
 
 
-def test_ui_workflows_are_regenerated(comfy):
+def test_ui_workflows_are_regenerated():
     """`python tools/make_workflows.py --check` passes: every UI file equals what the generator writes
-    from its API twin with today's node definitions, and none is orphaned."""
-    problems = mw.stale(mw.generate_all())
-    assert not problems, "\n".join(problems) + "\nrun: python tools/make_workflows.py"
+    from its API twin with today's node definitions, and none is orphaned. (A subprocess: the
+    generator loads all of ComfyUI's extra nodes, which the in-process host of other tests need not.)"""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_workflows.py"), "--check"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-3000:]}"
+    assert f"{len(API_FILES)} UI workflows up to date" in r.stdout
 
 
 @pytest.mark.server
