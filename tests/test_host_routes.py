@@ -64,6 +64,22 @@ def test_ays_equals_node_with_analytic_model(comfy, routes, family, shift, model
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
+def test_saved_schedule_equals_node(comfy, routes, tmp_path, monkeypatch):
+    import folder_paths
+    from fewstep.core.io import FORMAT_KEY, atomic_save
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_ays", ([str(tmp_path)], {".safetensors"}))
+    table = torch.tensor([14.6, 5.0, 2.0, 0.8, 0.3, 0.1, 0.0], dtype=torch.float64)
+    atomic_save(tmp_path / "mine.safetensors", {"sigmas": table},
+                {FORMAT_KEY: "ays_schedule/1", "family": "eps", "sigma_min": 0.0292})
+    got = routes.sigmas_for_query(_q(schedule="ays", steps=9, denoise=0.9, saved_schedule="mine.safetensors"))
+    want = _node_sigmas(comfy, "FewStepAYSScheduler", "SD1", 9, 0.9, saved_schedule="mine.safetensors")
+    assert got == want.tolist()
+    assert got[0] != routes.sigmas_for_query(_q(schedule="ays", steps=9, denoise=0.9))[0]
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(routes.QueryError, match="saved_schedule: .*broken.safetensors"):
+        routes.sigmas_for_query(_q(schedule="ays", steps=9, saved_schedule="broken.safetensors"))
+
+
 def test_sigma_range_model(comfy, routes):
     got = routes.sigmas_for_query(_q(schedule="karras", steps=5, sigma_min=0.002, sigma_max=80, rho=7))
     assert got[0] == pytest.approx(80.0) and got[-2] == pytest.approx(0.002, rel=1e-6) and got[-1] == 0.0
