@@ -166,7 +166,7 @@ def test_file_errors_and_bad_widgets(comfy, olss_dir):
         node.build("nope.safetensors", 1.0)
     for kw, match in [(dict(name="../evil"), "name must be"), (dict(steps=3), "steps must be"),
                       (dict(teacher_steps=5), "teacher_steps must be"), (dict(samples=0), "samples must be"),
-                      (dict(teacher="heun"), "teacher must be one of")]:
+                      (dict(teacher="heun"), "teacher must be one of"), (dict(ridge=-1.0), "ridge must be in")]:
         with pytest.raises(ValueError, match=match):
             _train(comfy, model, pos, neg, latent, **({"name": "x"} | kw))
 
