@@ -1,0 +1,50 @@
+"""The FewStep solvers by name with their default options (iterated by ``python -m fewstep compare``,
+the nodes and the tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .ddim import sample_ddim
+from .dpm_solver_pp import sample_dpmpp_2s, sample_dpmpp_multistep, sample_dpmpp_sde
+from .euler import sample_euler
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    fn: Callable
+    kwargs: dict = field(default_factory=dict)
+    order: int = 1                # theoretical order of the method (deterministic solvers: ODE order)
+    stochastic: bool = False
+    description: str = ""
+
+    def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps",
+                 **options):
+        kw = dict(self.kwargs)
+        kw.update(options)
+        return self.fn(model, x, sigmas, extra_args, callback, disable, family=family, **kw)
+
+
+SOLVERS: dict[str, SolverSpec] = {}
+
+
+def register(name: str, spec: SolverSpec) -> None:
+    if name in SOLVERS:
+        raise ValueError(f"solver {name!r} is already registered")
+    SOLVERS[name] = spec
+
+
+register("euler", SolverSpec(sample_euler, {}, 1, False, "Euler on dx/dsigma = (x - D)/sigma"))
+register("ddim", SolverSpec(sample_ddim, {"eta": 0.0}, 1, False, "DDIM, eta 0 (deterministic)"))
+register("ddim_ancestral", SolverSpec(sample_ddim, {"eta": 1.0}, 1, True, "DDIM, eta 1 (DDPM-like ancestral)"))
+register("dpmpp_2m", SolverSpec(sample_dpmpp_multistep, {"order": 2}, 2, False, "DPM-Solver++(2M)"))
+register("dpmpp_3m", SolverSpec(sample_dpmpp_multistep, {"order": 3}, 3, False,
+                                "DPM-Solver++(3M); with the paper's first-order start the asymptotic order is 2, "
+                                "warmup='singlestep' (one extra model call) restores 3"))
+register("dpmpp_2s", SolverSpec(sample_dpmpp_2s, {}, 2, False, "DPM-Solver++(2S), singlestep, 2 calls per step"))
+register("dpmpp_sde_2m", SolverSpec(sample_dpmpp_sde, {"order": 2, "eta": 1.0}, 2, True,
+                                    "SDE-DPM-Solver++(2M), eta 1, Brownian noise"))
+register("dpmpp_sde_3m", SolverSpec(sample_dpmpp_sde, {"order": 3, "eta": 1.0}, 3, True,
+                                    "SDE-DPM-Solver++(3M), eta 1, Brownian noise"))
+
+__all__ = ["SOLVERS", "SolverSpec", "register"]

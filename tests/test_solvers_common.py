@@ -1,0 +1,152 @@
+"""Shared helpers for the solver unit tests (no ComfyUI) and the contract/bad-input tests that apply to
+every registered solver."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from fewstep.core import families
+from fewstep.core.analytic import AnalyticModel, reference_solve
+from fewstep.samplers import SOLVERS
+
+SHAPE = (4, 2, 2)          # per-sample latent shape: small, so the asymptotic regime is reachable
+COMPONENTS = 4
+SPAN = {"eps": (10.0, 0.05), "flow": (0.9, 0.05)}   # smooth part of the sigma range used for orders
+
+_CACHE = {}
+
+
+def lam_grid(family, s_hi, s_lo, n, final_zero=False):
+    """n steps uniform in lambda from s_hi to s_lo (optionally followed by a 0)."""
+    lam = torch.linspace(families.lam(s_hi, family), families.lam(s_lo, family), n + 1, dtype=torch.float64)
+    s = families.sigma_from_lam(lam, family)
+    s[0], s[-1] = s_hi, s_lo
+    if final_zero:
+        s = torch.cat([s, s.new_zeros(1)])
+    return s
+
+
+def problem(family):
+    """(model, x_start, reference endpoint) for the order tests, cached per family."""
+    if family not in _CACHE:
+        am = AnalyticModel(family, 3.0, COMPONENTS, 0)
+        model = am.denoiser(1.0)
+        s_hi, s_lo = SPAN[family]
+        x = am.noise((2,) + SHAPE, 1) * s_hi
+        ref = reference_solve(model, x, s_hi, s_lo, steps=1000)
+        _CACHE[family] = (model, x, ref)
+    return _CACHE[family]
+
+
+def errors(fn, family, ns, **kw):
+    model, x, ref = problem(family)
+    s_hi, s_lo = SPAN[family]
+    out = []
+    for n in ns:
+        y = fn(model, x, lam_grid(family, s_hi, s_lo, n), family=family, **kw)
+        out.append(float((y - ref).norm() / ref.norm()))
+    return out
+
+
+def fitted_order(ns, errs):
+    """Least-squares slope of -log(err) against log(n)."""
+    lx = [math.log(n) for n in ns]
+    ly = [-math.log(e) for e in errs]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+class ConstantModel:
+    """A denoiser that always returns the same x0 (counts calls, checks extra_args pass-through)."""
+
+    def __init__(self, x0, expect_extra=None):
+        self.x0, self.calls, self.expect = x0, 0, expect_extra
+
+    def __call__(self, x, sigma, **extra):
+        self.calls += 1
+        if self.expect is not None:
+            assert extra == self.expect
+        assert sigma.shape == (x.shape[0],)
+        return self.x0.expand_as(x).to(x.dtype)
+
+
+DETERMINISTIC = sorted(n for n, s in SOLVERS.items() if not s.stochastic)
+
+
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_exact_for_constant_denoiser(name, family):
+    """With a constant x0 the ODE solution is x0 + (sigma/sigma_0)(x_0 - x0): every solver is exact."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn((1,) + SHAPE, generator=g, dtype=torch.float64)
+    xs = torch.randn((2,) + SHAPE, generator=g, dtype=torch.float64)
+    start = 12.0 if family == "eps" else 1.0                 # flow from exactly sigma = 1
+    for end in (0.04, 0.0):
+        sig = lam_grid(family, start if family == "eps" else 0.97, 0.04, 9, final_zero=end == 0.0)
+        sig[0] = start
+        y = SOLVERS[name](ConstantModel(x0), xs * start, sig, family=family)
+        expect = x0 + (end / start) * (xs * start - x0)
+        assert torch.allclose(y, expect, rtol=0, atol=1e-10), (name, end, float((y - expect).abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_contract(name):
+    """callback every step with the documented keys; sigmas untouched; extra_args passed through;
+    dtype and shape kept."""
+    am = AnalyticModel("eps", 3.0, COMPONENTS, 0)
+    base = am.denoiser(1.0)
+    extra = {"model_options": {"k": 1}, "seed": 7}
+
+    def model(x, sigma, **kw):
+        assert kw == extra
+        return base(x, sigma)
+
+    sig = lam_grid("eps", 14.0, 0.05, 8, final_zero=True)
+    before = sig.clone()
+    seen = []
+    x = (am.noise((2,) + SHAPE, 0) * 14.0).to(torch.float32)
+    y = SOLVERS[name](model, x, sig, extra, lambda d: seen.append(d), family="eps")
+    assert torch.equal(sig, before)
+    assert [d["i"] for d in seen] == list(range(len(sig) - 1))
+    assert all({"i", "x", "denoised", "sigma", "sigma_hat"} <= set(d) for d in seen)
+    assert y.dtype == torch.float32 and y.shape == x.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_bad_sigmas(name):
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    x = torch.zeros((1,) + SHAPE)
+    for bad in ([3.0, 2.0, 2.0, 0.0], [3.0, float("nan"), 1.0, 0.0], [1.0, 2.0, 0.5, 0.0], [3.0, 0.0, 1.0, 0.0]):
+        with pytest.raises(ValueError, match="sigma"):
+            SOLVERS[name](m, x, torch.tensor(bad), family="eps")
+    with pytest.raises(ValueError, match="family"):
+        SOLVERS[name](m, x, torch.tensor([3.0, 1.0, 0.0]), family="vp")
+
+
+def test_bad_orders_and_options():
+    from fewstep.samplers import sample_dpmpp_multistep, sample_dpmpp_sde, sample_ddim
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    x = torch.zeros((1,) + SHAPE)
+    sig = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0])
+    for bad in (0, 4, 2.5, "2"):
+        with pytest.raises(ValueError, match=r"order must be an integer in \[1, 3\]"):
+            sample_dpmpp_multistep(m, x, sig, order=bad)
+    with pytest.raises(ValueError, match="eta"):
+        sample_ddim(m, x, sig, eta=1.5)
+    with pytest.raises(ValueError, match="noise"):
+        sample_dpmpp_sde(m, x, sig, noise="pink")
+    with pytest.raises(ValueError, match="eta"):
+        sample_dpmpp_sde(m, x, sig, eta=-0.1)
+
+
+def test_short_schedule_lowers_order_and_logs(caplog):
+    from fewstep.samplers import sample_dpmpp_multistep
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    x = torch.ones((1,) + SHAPE)
+    with caplog.at_level(logging.WARNING, logger="FewStep"):
+        sample_dpmpp_multistep(m, x, torch.tensor([3.0, 1.0, 0.0]), order=3)
+    assert any("too short for order 3" in r.getMessage() for r in caplog.records)

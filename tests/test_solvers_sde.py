@@ -1,0 +1,53 @@
+"""Stochastic solvers converge in distribution: starting from exact samples of the noised mixture at
+sigma_max, the endpoint's per-element mean and variance across many seeds match the mixture's exact
+moments (cfg 1). No ComfyUI."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewstep.core import families
+from fewstep.core.analytic import AnalyticModel
+from fewstep.samplers import SOLVERS
+from test_solvers_common import lam_grid
+
+N = 3000
+SHAPE = (2, 2, 2)
+STOCHASTIC = sorted(n for n, s in SOLVERS.items() if s.stochastic)
+
+
+def _start(family, s_hi):
+    am = AnalyticModel(family, 3.0, 4, 0)
+    g = torch.Generator().manual_seed(11)
+    lw = am.mixture.log_weights(True)
+    x0 = am.mixture.sample(N, SHAPE, lw, g)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x = families.alpha(s_hi, family) * x0 + s_hi * eps
+    return am, x, am.mixture.moments(SHAPE, lw)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_moments(name, family):
+    s_hi = 14.0 if family == "eps" else 0.95
+    am, x, (mean, var) = _start(family, s_hi)
+    # first-order schemes (DDIM eta 1) have an O(h) weak bias: give them more steps
+    steps = 160 if SOLVERS[name].order == 1 else 40
+    sig = lam_grid(family, s_hi, 0.03, steps, final_zero=True)
+    y = SOLVERS[name](am.denoiser(1.0), x, sig, {"seed": 5}, family=family)
+    m_hat, v_hat = y.mean(0), y.var(0)
+    se_m = (var / N).sqrt()
+    se_v = var * (2.0 / N) ** 0.5
+    assert ((m_hat - mean).abs() / se_m).max() < 4.5, (m_hat - mean) / se_m
+    # variance of a mixture is not Gaussian-distributed: allow a wider band
+    assert ((v_hat - var).abs() / se_v).max() < 6.0, (v_hat - var) / se_v
+    assert ((v_hat - var).abs() / var).max() < 0.1
+
+
+def test_moment_test_detects_a_wrong_sampler():
+    """The same check fails for a sampler whose noise is 20% too strong."""
+    am, x, (mean, var) = _start("eps", 14.0)
+    sig = lam_grid("eps", 14.0, 0.03, 40, final_zero=True)
+    y = SOLVERS["dpmpp_sde_2m"](am.denoiser(1.0), x, sig, {"seed": 5}, family="eps", s_noise=1.2)
+    assert (((y.var(0) - var).abs() / var).max() > 0.1) or \
+        (((y.mean(0) - mean).abs() / (var / N).sqrt()).max() > 4.5)
