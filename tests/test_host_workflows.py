@@ -58,6 +58,16 @@ def test_ui_workflows_are_regenerated():
 
 
 @pytest.mark.server
+def test_generator_reads_the_same_definitions_from_a_server(comfy_server):
+    """`--url` (definitions from a running server's /object_info) writes the same files as in-process."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_workflows.py"), "--url", comfy_server.url, "--check"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-3000:]}"
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
 def test_ui_workflow_lines_up_with_server_definitions(path, object_info):
     ui = json.loads(path.read_text())
