@@ -7,7 +7,9 @@ from typing import Callable
 
 from .ddim import sample_ddim
 from .dpm_solver_pp import sample_dpmpp_2s, sample_dpmpp_multistep, sample_dpmpp_sde
+from .dpm_solver import sample_dpm_solver
 from .euler import sample_euler
+from .unipc import sample_unipc
 
 
 @dataclass(frozen=True)
@@ -46,5 +48,15 @@ register("dpmpp_sde_2m", SolverSpec(sample_dpmpp_sde, {"order": 2, "eta": 1.0}, 
                                     "SDE-DPM-Solver++(2M), eta 1, Brownian noise"))
 register("dpmpp_sde_3m", SolverSpec(sample_dpmpp_sde, {"order": 3, "eta": 1.0}, 3, True,
                                     "SDE-DPM-Solver++(3M), eta 1, Brownian noise"))
+register("dpm_solver_2", SolverSpec(sample_dpm_solver, {"order": 2}, 2, False,
+                                   "DPM-Solver-2, noise prediction, singlestep, 2 calls per step"))
+register("dpm_solver_3", SolverSpec(sample_dpm_solver, {"order": 3}, 3, False,
+                                   "DPM-Solver-3, noise prediction, singlestep, 3 calls per step"))
+register("unipc_bh1", SolverSpec(sample_unipc, {"variant": "bh1", "order": 3}, 3, False,
+                                 "UniPC bh1, order 3, UniC corrector (asymptotic order 3 with the order-1 start; "
+                                 "4 for the UniC-3 steps)"))
+register("unipc_bh2", SolverSpec(sample_unipc, {"variant": "bh2", "order": 3}, 3, False,
+                                 "UniPC bh2, order 3, UniC corrector (asymptotic order 3 with the order-1 start; "
+                                 "4 for the UniC-3 steps)"))
 
 __all__ = ["SOLVERS", "SolverSpec", "register"]

@@ -20,6 +20,15 @@ CASES = [
     # the paper's first-order start: one O(h^2) local error, so the asymptotic order is 2
     ("dpmpp_3m_lower_warmup", S.sample_dpmpp_multistep, {"order": 3}, 2, (80, 160, 320)),
     ("dpmpp_2s", S.sample_dpmpp_2s, {}, 2, (20, 40, 80)),
+    ("dpm_solver_1", S.sample_dpm_solver, {"order": 1}, 1, (20, 40, 80)),
+    ("dpm_solver_2", S.sample_dpm_solver, {"order": 2}, 2, (20, 40, 80)),
+    ("dpm_solver_3", S.sample_dpm_solver, {"order": 3}, 3, (20, 40, 80)),
+    ("unipc_bh2_1", S.sample_unipc, {"order": 1, "lower_order_final": False}, 2, (20, 40, 80)),
+    ("unipc_bh2_2", S.sample_unipc, {"order": 2, "lower_order_final": False}, 3, (20, 40, 80)),
+    ("unipc_bh1_2", S.sample_unipc, {"order": 2, "variant": "bh1", "lower_order_final": False}, 3, (20, 40, 80)),
+    # without the corrector the order-1 start caps the order at 2 (as for DPM-Solver++(3M))
+    ("unipc_bh2_3_no_corrector", S.sample_unipc, {"order": 3, "use_corrector": False, "lower_order_final": False},
+     2, (80, 160, 320)),
     ("dpmpp_sde_eta0_3m", S.sample_dpmpp_sde, {"order": 3, "eta": 0.0, "warmup": "singlestep"}, 3, (40, 80, 160)),
 ]
 
@@ -31,3 +40,27 @@ def test_convergence_order(case, family):
     errs = errors(fn, family, ns, **kw)
     p = fitted_order(ns, errs)
     assert abs(p - order) <= 0.3, (name, family, errs, p)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_3_order_between_3_and_4(variant, family):
+    """UniC-3 steps are fourth order (p + 1); the order-1 (+UniC) start is a single O(h^3) local error, so
+    the asymptotic order is 3. Over 40..160 steps the measured order lies between the two."""
+    ns = (40, 80, 160)
+    p = fitted_order(ns, errors(S.sample_unipc, family, ns, order=3, variant=variant, lower_order_final=False))
+    assert 3 - 0.3 <= p <= 4 + 0.3, p
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_first_order_solvers_agree(family):
+    """DDIM (eta 0), DPM-Solver-1 and DPM-Solver++-1 are the same update."""
+    from test_solvers_common import lam_grid, problem
+    model, x, _ = problem(family)
+    sig = lam_grid(family, 0.9 if family == "flow" else 10.0, 0.05, 12, final_zero=True)
+    if family == "flow":
+        sig[0] = 1.0
+    a = S.sample_ddim(model, x, sig, family=family)
+    b = S.sample_dpm_solver(model, x, sig, family=family, order=1)
+    c = S.sample_dpmpp_multistep(model, x, sig, family=family, order=1)
+    assert (a - b).abs().max() < 1e-6 and (a - c).abs().max() < 1e-6
