@@ -206,9 +206,14 @@ def test_generated_workflow_loads_and_queues_its_twin(page, comfy_server):
     status, want = comfy_server.request("GET", "/fewstep/sigmas?schedule=logsnr_uniform&steps=8&denoise=1&rho=7"
                                                "&family=flow&shift=3")
     assert status == 200 and st["sigmas"] == want
+    page.set_viewport_size({"width": 1600, "height": 720})
     page.mouse.move(1000, 650)
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(400)
     page.screenshot(path=str(ARTIFACTS / "preview_workflow.png"))
+    page.set_viewport_size({"width": 1280, "height": 800})
+    if os.environ.get("FEWSTEP_UPDATE_DOCS_IMG") or not (DOCS_IMG / "preview_workflow.png").exists():
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ARTIFACTS / "preview_workflow.png", DOCS_IMG / "preview_workflow.png")
     _no_pack_errors(page)
 
 

@@ -261,7 +261,7 @@ def node_size(info, n_sockets_in, n_widgets, type_name, title):
     n_out = len(info.get("output") or [])
     rows = max(n_sockets_in, n_out, 1)
     h = rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0)
-    w = max(MIN_W, 9 * len(title) + 60)
+    w = max(MIN_W, int(7.5 * len(title)) + 50)
     return [w, h]
 
 
