@@ -110,6 +110,10 @@ def apply_freeu(model, version: int, b1: float, b2: float, s1: float, s2: float,
                          f"start_percent={start_percent}, end_percent={end_percent}")
     mc = int(unet.model_channels)
     stages = {4 * mc: (float(b1), float(s1)), 2 * mc: (float(b2), float(s2))}
+    mults = getattr(getattr(model.model, "model_config", None), "unet_config", {}).get("channel_mult")
+    if mults and not any(mc * int(k) in stages for k in mults):
+        log.warning("FewStepFreeU: this UNet (%d base channels) has no decoder stage of %d or %d channels, so "
+                    "FreeU changes nothing on it", mc, 2 * mc, 4 * mc)
     settings = dict(version=int(version), b1=b1, b2=b2, s1=s1, s2=s2,
                     start_percent=float(start_percent), end_percent=float(end_percent))
     full_window = start_percent <= 0.0 and end_percent >= 1.0
