@@ -116,13 +116,15 @@ def markdown(results, nfes_shown=(4, 5, 6, 8, 10, 12, 15, 20)) -> str:
     cases = sorted({(r["family"], r["cfg"]) for r in results})
     for fam, cfg in cases:
         rs = [r for r in results if r["family"] == fam and r["cfg"] == cfg]
-        nfes = [n for n in nfes_shown if any(r["nfe"] == n for r in rs)]
-        lines += [f"## {fam}, cfg {cfg:g}", "", "| solver (best schedule at NFE 10) | " +
+        present = sorted({r["nfe"] for r in rs})
+        nfes = [n for n in nfes_shown if n in present] or present
+        ref_nfe = 10 if 10 in present else present[-1]
+        lines += [f"## {fam}, cfg {cfg:g}", "", f"| solver (best schedule at NFE {ref_nfe}) | " +
                   " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
         best = best_by(rs, ("solver", "nfe"))
-        solvers = sorted({r["solver"] for r in rs}, key=lambda s: best.get((s, 10), {"error": math.inf})["error"])
+        solvers = sorted({r["solver"] for r in rs}, key=lambda s: best.get((s, ref_nfe), {"error": math.inf})["error"])
         for s in solvers:
-            b10 = best.get((s, 10))
+            b10 = best.get((s, ref_nfe))
             label = f"{s} ({b10['schedule']})" if b10 else s
             cells = [f"{best[(s, n)]['error']:.2e}" if (s, n) in best else "—" for n in nfes]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
