@@ -16,6 +16,7 @@ Mismatch policy (also in docs/olss.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -50,6 +51,8 @@ TEACHERS = {
 }
 TEACHER_STEPS_RANGE = (20, 1000)
 SAMPLES_RANGE = (1, 256)
+#: closed_loop keeps the teacher states in RAM until the refit; refuse beyond this
+MAX_KEEP_BYTES = 8 * 2**30
 
 
 def register_with_comfyui():
@@ -138,10 +141,14 @@ class FewStepOLSSTrain:
                       "Optional ridge regularisation of the least-squares fit, relative to the mean energy of "
                       "the regressors (0 = plain least squares, as the paper). Try 1e-4..1e-2 when few samples "
                       "give a profile that is worse on new seeds than OLSS-P."}),
+            "closed_loop": ("BOOLEAN", {"default": True, "tooltip":
+                            "On (FewStep's extension): after planning, refit each step on the student's own "
+                            "states and outputs (steps x samples extra model calls; keeps the teacher states in "
+                            "RAM until then). Off: the paper's fit on the teacher's states only."}),
         }}
 
     def train(self, model, positive, negative, latent_image, cfg, teacher, teacher_steps, teacher_schedule, steps,
-              samples, seed, path_planning, name, ridge=0.0):
+              samples, seed, path_planning, name, ridge=0.0, closed_loop=True):
         name = str(name).strip()
         if name.endswith(".safetensors"):
             name = name[: -len(".safetensors")]
@@ -163,17 +170,23 @@ class FewStepOLSSTrain:
         teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms)
         sigmas_c = sigmas_out(teacher_sigmas)
 
-        pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1)
+        latent = latent_image["samples"]
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise_mask = latent_image.get("noise_mask")
+        keep_bytes = samples * (teacher_steps + 1) * latent.numel() * 4
+        if closed_loop and keep_bytes > MAX_KEEP_BYTES:
+            raise ValueError(f"FewStepOLSSTrain: closed_loop keeps every teacher state in RAM "
+                             f"({keep_bytes / 2**30:.1f} GiB here, limit {MAX_KEEP_BYTES / 2**30:.0f} GiB): lower "
+                             "samples or teacher_steps, or turn closed_loop off")
+        pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1 + (samples * steps if closed_loop else 0))
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
 
         def on_step(_d):
             interrupt()
             pbar.update(1)
 
-        latent = latent_image["samples"]
-        latent = comfy.sample.fix_empty_latent_channels(model, latent)
-        noise_mask = latent_image.get("noise_mask")
         qr = core.TrajectoryQR(teacher_steps)
+        kept = []
         for s in range(samples):
             interrupt()
             record = {}
@@ -189,6 +202,8 @@ class FewStepOLSSTrain:
             comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(recorder), sigmas_c, positive,
                                        negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=seed + s)
             qr.add(record["states"], record["outputs"], check_interrupt=interrupt)
+            if closed_loop:
+                kept.append(record["states"])
             del record
             pbar.update(1)
         family = ms.family
@@ -196,6 +211,31 @@ class FewStepOLSSTrain:
                                 ridge=float(ridge), check_interrupt=interrupt, teacher=f"{teacher} x{teacher_steps} {teacher_schedule}",
                                 cfg=float(cfg), model_fingerprint=model_fingerprint(model), name=name)
         pbar.update(1)
+        if closed_loop:
+            def denoise(r, x, j):
+                got = {}
+
+                def one_call(model_k, x_in, sigmas, extra_args=None, callback=None, disable=None):
+                    xx = x.to(x_in.device, x_in.dtype)
+                    got["d"] = model_k(xx, sigmas[0] * xx.new_ones([xx.shape[0]]), **(extra_args or {}))
+                    return x_in
+
+                one = torch.stack([prof.sigmas[j], prof.sigmas.new_zeros(())]).float()
+                noise = comfy.sample.prepare_noise(latent, seed + r)
+                comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(one_call), one, positive,
+                                           negative, latent, noise_mask=noise_mask, disable_pbar=True,
+                                           seed=seed + r)
+                return got["d"].detach().to("cpu")
+
+            def tick():
+                interrupt()
+                pbar.update(1)
+
+            wx, we, err = core.closed_loop_refit(prof.wx, prof.we, [st[0] for st in kept],
+                                                 [core.path_targets(prof, st) for st in kept], denoise,
+                                                 float(ridge), check_interrupt=interrupt, on_call=tick)
+            prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
+            del kept
         path = os.path.join(profile_dir(), name + ".safetensors")
         prof.save(path)
         report = core.olss_error_report(prof) + f"\nsaved to {path}"

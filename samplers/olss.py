@@ -41,6 +41,8 @@ KIND = "OLSS profile"
 #: elements folded into the running QR per update (bounds the float64 chunk: rows x (2n+1) x 8 bytes)
 CHUNK_ROWS = 16384
 MIN_STEPS, MAX_STEPS = 1, 50
+#: strength of the pull of the closed-loop refit towards the paper's coefficients (relative ridge)
+CLOSED_LOOP_ANCHOR = 1e-8
 REQUIRED_TENSORS = ("sigmas", "wx", "we", "step_error", "teacher_sigmas", "path", "r_factor")
 REQUIRED_META = (FORMAT_KEY, "kind", "format_version", "family", "sigma_min", "sigma_max", "teacher",
                  "teacher_steps", "steps", "selected_sigmas", "step_error", "cfg", "model_fingerprint",
@@ -117,26 +119,48 @@ class SubspaceFitter:
         cols = [start] + [self.n + 1 + int(i) for i in out_idx]
         tcol = int(target)
         top = max(cols + [tcol]) + 1
-        a = self.R[:top, cols]
-        y = self.R[:top, tcol]
-        if self.ridge > 0:
-            # ridge relative to the mean column energy, so one value fits any latent scale
-            scale = (a * a).sum(0).mean() * self.ridge
-            a_aug = torch.cat([a, math.sqrt(float(scale)) * torch.eye(len(cols), dtype=torch.float64)], 0)
-            y_aug = torch.cat([y, y.new_zeros(len(cols))])
-        else:
-            a_aug, y_aug = a, y
-        q, r = torch.linalg.qr(a_aug, mode="reduced")
-        qty = q.T @ y_aug
-        diag = r.diagonal().abs()
-        if diag.numel() and (diag <= diag.max() * 1e-13).any():
-            # rank-deficient (e.g. duplicate vectors): minimum-norm solution
-            coef = torch.linalg.lstsq(a_aug, y_aug.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-        else:
-            coef = torch.linalg.solve_triangular(r, qty.unsqueeze(1), upper=True).squeeze(1)
-        resid = a @ coef - y
-        mse = float(resid @ resid) / self.rows
-        return coef, mse
+        return solve_columns(self.R[:top, cols], self.R[:top, tcol], self.rows, self.ridge)
+
+
+def solve_columns(a: torch.Tensor, y: torch.Tensor, rows: int, ridge: float = 0.0):
+    """min ||a c - y||^2 (+ ridge * mean column energy * ||c||^2) by QR, where ``a``/``y`` are columns of
+    an R factor (so norms equal those of the original rows). Returns (c, mean squared error per row)."""
+    p = a.shape[1]
+    if ridge > 0:
+        # ridge relative to the mean column energy, so one value fits any latent scale
+        scale = (a * a).sum(0).mean() * ridge
+        a_aug = torch.cat([a, math.sqrt(float(scale)) * torch.eye(p, dtype=torch.float64)], 0)
+        y_aug = torch.cat([y, y.new_zeros(p)])
+    else:
+        a_aug, y_aug = a, y
+    q, r = torch.linalg.qr(a_aug, mode="reduced")
+    qty = q.T @ y_aug
+    diag = r.diagonal().abs()
+    if diag.numel() and (diag <= diag.max() * 1e-13).any():
+        # rank-deficient (e.g. duplicate vectors): minimum-norm solution
+        coef = torch.linalg.lstsq(a_aug, y_aug.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    else:
+        coef = torch.linalg.solve_triangular(r, qty.unsqueeze(1), upper=True).squeeze(1)
+    resid = a @ coef - y
+    return coef, float(resid @ resid) / rows
+
+
+class ColumnQR:
+    """A running R factor of a few columns (streamed like TrajectoryQR)."""
+
+    def __init__(self, ncols: int, chunk_rows: int = CHUNK_ROWS):
+        self.ncols = ncols
+        self.chunk_rows = chunk_rows
+        self.R = torch.zeros(0, ncols, dtype=torch.float64)
+        self.rows = 0
+
+    def add(self, vecs: Sequence[torch.Tensor]):
+        vecs = [v.detach().reshape(-1) for v in vecs]
+        d = vecs[0].numel()
+        for start in range(0, d, self.chunk_rows):
+            chunk = torch.stack([v[start:start + self.chunk_rows].to("cpu", torch.float64) for v in vecs], dim=1)
+            self.R = torch.linalg.qr(torch.cat([self.R, chunk], dim=0), mode="r")[1]
+        self.rows += d
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,6 +242,62 @@ def fit_path(fitter: SubspaceFitter, n: int, path: Sequence[int]):
     return wx, we, err
 
 
+def closed_loop_refit(wx: torch.Tensor, we: torch.Tensor, initial_states: Sequence[torch.Tensor],
+                      targets: Sequence[Sequence[torch.Tensor]], denoise: Callable, ridge: float = 0.0,
+                      check_interrupt: Callable[[], None] | None = None, on_call: Callable[[], None] | None = None,
+                      anchor: float = CLOSED_LOOP_ANCHOR):
+    """Refit the coefficients on the student's own states (an extension of the paper, on by default in
+    FewStep): step j is fitted with the outputs the *student* sees, ``e'_m = D(x'_m, sigma_m)`` at the
+    student's states ``x'_m`` (produced by the already refitted steps 0..j-1), against the same teacher
+    targets. The paper's fit uses the teacher's outputs at the teacher's states, which the student never
+    sees at sampling time; fitting on the student's rollout removes that mismatch.
+
+    ``initial_states[r]``: x_0 of run r; ``targets[r][j]``: the teacher state at the end of student
+    step j; ``denoise(r, x, j)``: the model output for run r at state x and the student's j-th sigma.
+    Streams each step's rows through a QR factor. Returns (wx, we, per-step MSE of the rollout)."""
+    k = wx.numel()
+    runs = len(initial_states)
+    wx, we = wx.clone(), we.clone()
+    err = torch.zeros(k, dtype=torch.float64)
+    states = [x.detach().to("cpu") for x in initial_states]
+    outs = [[] for _ in range(runs)]
+    for j in range(k):
+        qr = ColumnQR(j + 3)
+        for r in range(runs):
+            if check_interrupt is not None:
+                check_interrupt()
+            e = denoise(r, states[r], j).detach().to("cpu")
+            if not torch.isfinite(e).all():
+                raise ValueError("the model returned NaN or inf during the closed-loop refit")
+            outs[r].append(e)
+            qr.add([initial_states[r]] + outs[r] + [targets[r][j]])
+            if on_call is not None:
+                on_call()
+        rr = qr.R
+        if rr.shape[0] < j + 3:
+            rr = torch.cat([rr, rr.new_zeros(j + 3 - rr.shape[0], j + 3)], 0)
+        a, y = rr[:, : j + 2], rr[:, j + 2]
+        # regularised towards the teacher-state (paper) coefficients, so that directions the rollout
+        # data cannot pin down keep the paper's values instead of blowing up
+        c_open = torch.cat([wx[j:j + 1], we[j, : j + 1]])
+        d, _ = solve_columns(a, y - a @ c_open, qr.rows, max(anchor, ridge))
+        coef = c_open + d
+        resid = a @ coef - y
+        mse = float(resid @ resid) / qr.rows
+        wx[j] = coef[0]
+        we[j, : j + 1] = coef[1:]
+        we[j, j + 1:] = 0
+        err[j] = mse
+        cf = [float(c) for c in coef]
+        for r in range(runs):
+            x0 = initial_states[r].to(torch.float64)
+            nxt = x0 * cf[0]
+            for m in range(j + 1):
+                nxt = nxt + outs[r][m].to(torch.float64) * cf[m + 1]
+            states[r] = nxt.to(initial_states[r].dtype)
+    return wx, we, err
+
+
 # ------------------------------------------------------------------------------------------------
 # the profile
 @dataclass
@@ -238,6 +318,7 @@ class OLSSProfile:
     ridge: float = 0.0
     samples: int = 0
     name: str = ""
+    closed_loop: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -269,6 +350,7 @@ class OLSSProfile:
             "model_fingerprint": self.model_fingerprint,
             "path_planning": bool(self.path_planning),
             "ridge": float(self.ridge),
+            "closed_loop": bool(self.closed_loop),
             "samples": int(self.samples),
             "rows": int(self.rows),
             **{k: v for k, v in self.extra.items()},
@@ -301,7 +383,8 @@ class OLSSProfile:
             r_factor=t["r_factor"].to(torch.float64), rows=int(m["rows"]), teacher=str(m["teacher"]),
             cfg=float(m["cfg"]), model_fingerprint=str(m["model_fingerprint"]),
             path_planning=bool(m["path_planning"]), ridge=float(m.get("ridge", 0.0)),
-            samples=int(m.get("samples", 0)), name=str(m.get("name", "")))
+            samples=int(m.get("samples", 0)), name=str(m.get("name", "")),
+            closed_loop=bool(m.get("closed_loop", False)))
         try:
             prof.validate()
         except ValueError as e:
@@ -345,8 +428,9 @@ class OLSSProfile:
 
     def truncated(self, denoise: float) -> "OLSSProfile":
         """The profile for denoise < 1: the last ``max(1, round(k * denoise))`` learned steps, with
-        their coefficients refitted (from the stored QR factor) so that the state at the first kept
-        sigma plays the role of the initial state. denoise = 1 returns the profile unchanged."""
+        their coefficients refitted (from the stored QR factor, with the paper's teacher-state fit) so
+        that the state at the first kept sigma plays the role of the initial state. denoise = 1 returns
+        the profile unchanged."""
         if not (isinstance(denoise, (int, float)) and math.isfinite(denoise) and 0 < denoise <= 1):
             raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
         k = self.steps
@@ -358,7 +442,7 @@ class OLSSProfile:
         fitter = SubspaceFitter(self.r_factor, self.teacher_steps, self.rows, self.ridge)
         wx, we, err = fit_path(fitter, self.teacher_steps, path)
         return replace(self, sigmas=self.sigmas[j0:].clone(), wx=wx, we=we, step_error=err,
-                       path=torch.tensor(path, dtype=torch.int64),
+                       path=torch.tensor(path, dtype=torch.int64), closed_loop=False,
                        extra={**self.extra, "denoise": float(denoise)})
 
 
@@ -426,21 +510,42 @@ def check_student_steps(steps, teacher_steps: int) -> int:
     return steps
 
 
+def path_targets(profile: OLSSProfile, states: Sequence[torch.Tensor]) -> list:
+    """The teacher states a profile's student steps aim at: x at path[1:], then the final state."""
+    return [states[int(i)] for i in profile.path[1:]] + [states[-1]]
+
+
 def train_olss(model: Callable, initial_states: Iterable[torch.Tensor], teacher_sigmas: torch.Tensor,
                teacher: Callable, steps: int, family: str, path_planning: bool = True, ridge: float = 0.0,
-               extra_args: dict | None = None, teacher_options: dict | None = None,
+               closed_loop: bool = False, extra_args: dict | None = None, teacher_options: dict | None = None,
                teacher_name: str = "custom", **info) -> OLSSProfile:
     """Python API: record the teacher from each initial state (each may be a batch), stream it into
-    the QR factor, plan and fit. ``model`` follows the k-diffusion contract (returns denoised x0)."""
+    the QR factor, plan and fit; ``closed_loop`` then refits on the student's own states (keeps every
+    teacher state in memory until then). ``model`` follows the k-diffusion contract."""
     ts = torch.as_tensor(teacher_sigmas, dtype=torch.float64)
     n = ts.numel() - 1
     check_student_steps(steps, n)
     qr = TrajectoryQR(n)
+    kept = []
     for x in initial_states:
         st, out = record_trajectory(model, x, ts.to(x.dtype) if x.dtype == torch.float64 else ts.float(),
                                     teacher, extra_args, **(teacher_options or {}))
         qr.add(st, out)
-    return fit_profile(qr, ts, steps, family, path_planning, ridge, teacher=teacher_name, **info)
+        if closed_loop:
+            kept.append((x, st))
+        del st, out
+    prof = fit_profile(qr, ts, steps, family, path_planning, ridge, teacher=teacher_name, **info)
+    if closed_loop:
+        extra = extra_args or {}
+
+        def denoise(r, xx, j):
+            xx = xx.to(kept[r][0].dtype)
+            return model(xx, prof.sigmas[j].to(xx.dtype) * xx.new_ones([xx.shape[0]]), **extra)
+
+        wx, we, err = closed_loop_refit(prof.wx, prof.we, [x for x, _ in kept],
+                                        [path_targets(prof, st) for _, st in kept], denoise, ridge)
+        prof = replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
+    return prof
 
 
 # ------------------------------------------------------------------------------------------------

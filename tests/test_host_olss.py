@@ -95,19 +95,19 @@ def test_recording_goes_through_comfyui_sampling_path(comfy, olss_dir):
     model, pos, neg, latent = _analytic(comfy, "eps")
     patched = model.clone()
     patched.set_model_sampler_post_cfg_function(lambda args: args["denoised"] * 0.5)
-    p0, _ = _train(comfy, model, pos, neg, latent, "plain", path_planning=False)
-    p1, _ = _train(comfy, patched, pos, neg, latent, "patched", path_planning=False)
+    p0, _ = _train(comfy, model, pos, neg, latent, "plain", path_planning=False, closed_loop=False)
+    p1, _ = _train(comfy, patched, pos, neg, latent, "patched", path_planning=False, closed_loop=False)
     assert torch.equal(p0.sigmas, p1.sigmas)
     assert not torch.allclose(p0.we, p1.we, rtol=1e-3)
     # and the recorded trajectory equals the core teacher on the core model (CFG-combined outputs)
     from fewstep.core.analytic import AnalyticModel
     from fewstep.samplers import olss
     from fewstep.samplers.dpm_solver_pp import sample_dpmpp_multistep
-    import comfy.sample
+    from comfy.sample import prepare_noise
     am = AnalyticModel("eps", 3.0, 8, 0)
     qr = olss.TrajectoryQR(TEACH["teacher_steps"])
     for s in range(TEACH["samples"]):
-        noise = comfy.sample.prepare_noise(latent["samples"], TEACH["seed"] + s).to(torch.float64)
+        noise = prepare_noise(latent["samples"], TEACH["seed"] + s).to(torch.float64)
         x = noise * (1 + float(p0.teacher_sigmas[0]) ** 2) ** 0.5
         st, out = olss.record_trajectory(am.denoiser(3.0), x, p0.teacher_sigmas,
                                          functools.partial(sample_dpmpp_multistep, family="eps", order=2))
@@ -115,6 +115,18 @@ def test_recording_goes_through_comfyui_sampling_path(comfy, olss_dir):
     mine = olss.fit_profile(qr, p0.teacher_sigmas, 5, "eps", path_planning=False)
     assert torch.allclose(mine.wx, p0.wx, rtol=1e-3, atol=1e-4)
     assert torch.allclose(mine.we, p0.we, rtol=1e-3, atol=1e-4)
+    # closed loop through ComfyUI equals the core's closed loop on the core model
+    p2, _ = _train(comfy, model, pos, neg, latent, "closed", path_planning=False, closed_loop=True)
+    assert p2.closed_loop and not p0.closed_loop
+    xs = []
+    for s in range(TEACH["samples"]):
+        noise = prepare_noise(latent["samples"], TEACH["seed"] + s).to(torch.float64)
+        xs.append(noise * (1 + float(p0.teacher_sigmas[0]) ** 2) ** 0.5)
+    core_cl = olss.train_olss(am.denoiser(3.0), xs, p0.teacher_sigmas,
+                              functools.partial(sample_dpmpp_multistep, family="eps", order=2), 5, "eps",
+                              path_planning=False, closed_loop=True)
+    assert torch.allclose(core_cl.we, p2.we, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(p2.we, p0.we, rtol=1e-3, atol=1e-4)
 
 
 def test_mismatches(comfy, olss_dir, caplog):

@@ -147,6 +147,24 @@ def test_trained_olss_beats_dpmpp_2m_at_same_nfe(family, cfg):
     assert float(prof.step_error.max()) <= float(prof_p.step_error.max()) * (1 + 1e-9)
 
 
+def test_closed_loop_refit_beats_the_teacher_state_fit():
+    """FewStep's closed-loop refit (each step fitted on the student's own states) generalises better
+    than the paper's teacher-state fit on new seeds; its step errors are the rollout's."""
+    am = AnalyticModel("eps")
+    model = am.denoiser(5.0)
+    ts = get_schedule("karras", N_TEACH, am.model_sigmas)
+    teacher = functools.partial(sample_dpmpp_multistep, family="eps", order=2)
+    train = [am.initial_state(am.noise((1, 4, 8, 8), 200 + s), float(ts[0])) for s in range(8)]
+    x = am.initial_state(am.noise((4, 4, 8, 8), 9), am.sigma_max)
+    ref = reference_solve(model, x, am.sigma_max, steps=120)
+    errs = {}
+    for cl in (False, True):
+        prof = olss.train_olss(model, train, ts, teacher, 8, "eps", closed_loop=cl)
+        assert prof.closed_loop == cl
+        errs[cl] = _rel(olss.sample_olss(model, x, prof.sigmas, profile=prof), ref)
+    assert errs[True] < 0.9 * errs[False], errs
+
+
 def test_path_planning_is_the_smallest_feasible_bound():
     """The outer bisection returns a path whose worst step error is (up to the bisection tolerance)
     the smallest bound for which the greedy search succeeds."""
