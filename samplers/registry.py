@@ -7,8 +7,12 @@ from typing import Callable
 
 from .ddim import sample_ddim
 from .dpm_solver_pp import sample_dpmpp_2s, sample_dpmpp_multistep, sample_dpmpp_sde
+from .deis import sample_deis
 from .dpm_solver import sample_dpm_solver
+from .edm import sample_edm
 from .euler import sample_euler
+from .pndm import sample_pndm
+from .tcd import sample_tcd
 from .unipc import sample_unipc
 
 
@@ -58,5 +62,19 @@ register("unipc_bh1", SolverSpec(sample_unipc, {"variant": "bh1", "order": 3}, 3
 register("unipc_bh2", SolverSpec(sample_unipc, {"variant": "bh2", "order": 3}, 3, False,
                                  "UniPC bh2, order 3, UniC corrector (asymptotic order 3 with the order-1 start; "
                                  "4 for the UniC-3 steps)"))
+for _k in (1, 2, 3):
+    register(f"deis_{_k}", SolverSpec(sample_deis, {"order": _k}, _k, False,
+                                      f"DEIS tAB{_k}, coefficients for the actual grid and family"
+                                      + (" (paper's first-order start: asymptotic order 2; warmup='singlestep' "
+                                         "gives 3)" if _k == 3 else "")))
+register("pndm", SolverSpec(sample_pndm, {"warmup": "rk"}, 4, False,
+                            "PNDM/PLMS in rho = sigma/alpha with a pseudo Runge-Kutta warm-up (4 calls per warm-up "
+                            "step); order 4 on rho-uniform steps, 2 on other smooth grids"))
+register("edm_heun", SolverSpec(sample_edm, {"method": "heun"}, 2, False, "EDM Heun (Algorithm 2, no churn)"))
+register("edm_euler", SolverSpec(sample_edm, {"method": "euler"}, 1, False, "EDM Euler (no churn)"))
+register("edm_heun_churn", SolverSpec(sample_edm, {"method": "heun", "s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0,
+                                                   "s_noise": 1.003}, 2, True,
+                                      "EDM Heun with the paper's ImageNet churn settings"))
+register("tcd", SolverSpec(sample_tcd, {"gamma": 0.3}, 1, True, "TCD strategic stochastic sampling, gamma 0.3"))
 
 __all__ = ["SOLVERS", "SolverSpec", "register"]

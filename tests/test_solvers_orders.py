@@ -29,6 +29,15 @@ CASES = [
     # without the corrector the order-1 start caps the order at 2 (as for DPM-Solver++(3M))
     ("unipc_bh2_3_no_corrector", S.sample_unipc, {"order": 3, "use_corrector": False, "lower_order_final": False},
      2, (80, 160, 320)),
+    ("deis_1", S.sample_deis, {"order": 1}, 1, (20, 40, 80)),
+    ("deis_2", S.sample_deis, {"order": 2}, 2, (20, 40, 80)),
+    ("deis_3_singlestep_warmup", S.sample_deis, {"order": 3, "warmup": "singlestep"}, 3, (40, 80, 160)),
+    # PLMS's fixed coefficients assume steps uniform in rho: on a lambda-uniform grid they are 2nd order
+    ("pndm_rk_lambda_grid", S.sample_pndm, {"warmup": "rk"}, 2, (20, 40, 80)),
+    ("pndm_lower_lambda_grid", S.sample_pndm, {"warmup": "lower"}, 2, (20, 40, 80)),
+    ("edm_heun", S.sample_edm, {"method": "heun"}, 2, (20, 40, 80)),
+    ("edm_euler", S.sample_edm, {"method": "euler"}, 1, (20, 40, 80)),
+    ("tcd_gamma0", S.sample_tcd, {"gamma": 0.0}, 1, (20, 40, 80)),
     ("dpmpp_sde_eta0_3m", S.sample_dpmpp_sde, {"order": 3, "eta": 0.0, "warmup": "singlestep"}, 3, (40, 80, 160)),
 ]
 
@@ -64,3 +73,41 @@ def test_first_order_solvers_agree(family):
     b = S.sample_dpm_solver(model, x, sig, family=family, order=1)
     c = S.sample_dpmpp_multistep(model, x, sig, family=family, order=1)
     assert (a - b).abs().max() < 1e-6 and (a - c).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_deis_3_lower_warmup_between_2_and_3(family):
+    """tAB3 with the paper's first-order start: third-order steps, one O(h^2) start error; the measured
+    order sits between the asymptotic 2 and the step order 3."""
+    ns = (40, 80, 160)
+    p = fitted_order(ns, errors(S.sample_deis, family, ns, order=3))
+    assert 2 - 0.3 <= p <= 3 + 0.3, p
+
+
+RHO_SPAN = {"eps": (1.5, 0.4), "flow": (0.6, 0.3)}
+
+
+def _rho_grid(family, s_hi, s_lo, n):
+    import torch
+    if family == "eps":
+        return torch.linspace(s_hi, s_lo, n + 1, dtype=torch.float64)
+    r = torch.linspace(s_hi / (1 - s_hi), s_lo / (1 - s_lo), n + 1, dtype=torch.float64)
+    return r / (1 + r)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("warmup,order", [("rk", 4), ("lower", 2)])
+def test_pndm_order_on_rho_uniform_steps(family, warmup, order):
+    """On steps uniform in rho = sigma/alpha PLMS is 4th order with the Runge-Kutta start, 2nd with the
+    lower-order (first Euler step) start."""
+    from fewstep.core.analytic import AnalyticModel, reference_solve
+    s_hi, s_lo = RHO_SPAN[family]
+    am = AnalyticModel(family, 3.0, 4, 0)
+    model = am.denoiser(1.0)
+    x = am.noise((2, 4, 2, 2), 1) * s_hi
+    ref = reference_solve(model, x, s_hi, s_lo, steps=1000)
+    ns = (40, 80, 160)
+    errs = [float((S.sample_pndm(model, x, _rho_grid(family, s_hi, s_lo, n), family=family, warmup=warmup)
+                   - ref).norm() / ref.norm()) for n in ns]
+    p = fitted_order(ns, errs)
+    assert abs(p - order) <= 0.3, (errs, p)

@@ -13,7 +13,8 @@ from test_solvers_common import lam_grid
 
 N = 3000
 SHAPE = (2, 2, 2)
-STOCHASTIC = sorted(n for n, s in SOLVERS.items() if s.stochastic)
+# TCD is made for consistency (TCD-distilled) models: see test_tcd_with_a_consistency_model
+STOCHASTIC = sorted(n for n, s in SOLVERS.items() if s.stochastic and n != "tcd")
 
 
 def _start(family, s_hi):
@@ -42,6 +43,41 @@ def test_moments(name, family):
     # variance of a mixture is not Gaussian-distributed: allow a wider band
     assert ((v_hat - var).abs() / se_v).max() < 6.0, (v_hat - var) / se_v
     assert ((v_hat - var).abs() / var).max() < 0.1
+
+
+def _check_moments(y, mean, var):
+    m_hat, v_hat = y.mean(0), y.var(0)
+    assert ((m_hat - mean).abs() / (var / N).sqrt()).max() < 4.5
+    assert ((v_hat - var).abs() / var).max() < 0.1
+
+
+@pytest.mark.parametrize("family,gamma", [("flow", 1.0), ("eps", 1.0)])
+def test_tcd_with_a_consistency_model(family, gamma):
+    """TCD assumes the model's x0 is the trajectory-consistent endpoint (a distilled model). With the
+    exact consistency function of the analytic model (its probability-flow ODE endpoint) as the model,
+    4-step TCD with gamma = 1 reproduces the data distribution: every step re-noises an exact sample
+    (exactly for flow, where the intermediate time is sigma = 0; eps stops at the grid's sigma_min).
+    Smaller gamma relies on the DDIM jump being on-distribution, which it is only approximately."""
+    from fewstep.core.analytic import reference_solve
+    s_hi = 14.0 if family == "eps" else 0.95
+    am, x, (mean, var) = _start(family, s_hi)
+    den = am.denoiser(1.0)
+
+    def consistency_model(xv, sigma, **kw):
+        return reference_solve(den, xv, float(sigma[0]), 0.0, steps=60)
+
+    sig = lam_grid(family, s_hi, 0.3, 3, final_zero=True)
+    y = SOLVERS["tcd"](consistency_model, x, sig, {"seed": 5}, family=family, gamma=gamma)
+    _check_moments(y, mean, var)
+
+
+def test_tcd_with_a_plain_denoiser_is_biased_for_gamma_above_0():
+    """Documented behaviour: on a non-distilled denoiser the DDIM jump to (1 - gamma) t keeps a finite
+    error however many steps are taken (variance is lost), while gamma = 0 is DDIM."""
+    am, x, (mean, var) = _start("flow", 0.95)
+    sig = lam_grid("flow", 0.95, 0.03, 160, final_zero=True)
+    y = SOLVERS["tcd"](am.denoiser(1.0), x, sig, {"seed": 5}, family="flow", gamma=0.3)
+    assert ((y.var(0) - var) / var).mean() < -0.05
 
 
 def test_moment_test_detects_a_wrong_sampler():
