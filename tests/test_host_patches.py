@@ -122,6 +122,36 @@ def test_shallow_pass_reproduces_full_pass_with_controlnet(env, depth):
         assert not torch.allclose(no_ctrl, full, atol=1e-4)  # the residuals do matter on the shallow path
 
 
+@pytest.mark.parametrize("depth", [0, 4, 8])
+def test_shallow_pass_reproduces_full_pass_sdxl_layout(comfy, depth):
+    """The same on an SDXL-layout UNet (3 levels, linear projections, transformer depth 2, class
+    embedding ``y`` for the pooled-text/size vector)."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as om
+    import comfy.ops
+    import unet_factory as uf
+
+    from fewstep.patches._unet import UNetLayout, forward_shallow
+
+    unet = om.UNetModel(
+        image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[2, 2, 2],
+        channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 1, 1], transformer_depth_output=[0, 0, 0, 2, 2, 2, 1, 1, 1],
+        transformer_depth_middle=1, context_dim=64, num_head_channels=8, use_linear_in_transformer=True,
+        num_classes="sequential", adm_in_channels=48, use_spatial_transformer=True, legacy=False,
+        device="cpu", operations=comfy.ops.disable_weight_init)
+    uf.init_weights_(unet, 4)
+    layout = UNetLayout(unet)
+    assert layout.max_depth == 8
+    g = torch.Generator().manual_seed(6)
+    x, ctx, y = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 64, generator=g), torch.randn(2, 48, generator=g)
+    t = torch.tensor([900.0, 100.0])
+    store = []
+    with torch.inference_mode():
+        full = unet(x, t, context=ctx, y=y, transformer_options={
+            "patches": {"output_block_patch": [_capture_patch(store, layout.entry_block(depth))]}})
+        shallow = forward_shallow(unet, layout, depth, store[0], x, t, ctx, y, None, {}, {})
+    assert torch.allclose(shallow, full, rtol=0, atol=1e-5), (shallow - full).abs().max()
+
+
 def test_deepcache_batch_items_independent(env):
     """batch 2 == each latent alone: every batch item and cond chunk keeps its own cached feature."""
     from fewstep.patches.deepcache import apply_deepcache
