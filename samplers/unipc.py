@@ -51,7 +51,8 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
     targets = list(grid.sigma)
     if grid.final_zero and final_sigma > 0 and targets[-2] > final_sigma:
         targets[-1] = final_sigma
-    lams = [lam_of(v, fam) for v in targets]
+    lams = list(grid.lam)
+    lams[-1] = lam_of(targets[-1], fam)
 
     hist_d, hist_l = [], []           # newest first
     denoised = None

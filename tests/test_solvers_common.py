@@ -146,6 +146,43 @@ def test_bad_orders_and_options():
         sample_dpmpp_sde(m, x, sig, eta=-0.1)
 
 
+@pytest.mark.parametrize("fn,kw,match", [
+    ("sample_dpm_solver", {"order": 4}, r"order must be an integer in \[1, 3\]"),
+    ("sample_unipc", {"order": 0}, r"order must be an integer in \[1, 3\]"),
+    ("sample_deis", {"order": 5}, r"order must be an integer in \[1, 3\]"),
+    ("sample_dpmpp_sde", {"order": 4}, r"order must be an integer in \[1, 3\]"),
+    ("sample_tcd", {"gamma": 1.5}, r"gamma must be a number in \[0.0, 1.0\]"),
+    ("sample_tcd", {"gamma": -0.1}, r"gamma must be a number in \[0.0, 1.0\]"),
+    ("sample_tcd", {"gamma": float("nan")}, "gamma"),
+    ("sample_unipc", {"variant": "bh3"}, "variant must be one of"),
+    ("sample_pndm", {"warmup": "euler"}, "warmup must be one of"),
+    ("sample_deis", {"warmup": "rk"}, "warmup must be one of"),
+    ("sample_edm", {"method": "rk4"}, "method must be one of"),
+    ("sample_edm", {"s_churn": -1.0}, "s_churn"),
+    ("sample_dpmpp_multistep", {"solver_type": "euler"}, "solver_type must be one of"),
+])
+def test_bad_options(fn, kw, match):
+    from fewstep import samplers
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    with pytest.raises(ValueError, match=match):
+        getattr(samplers, fn)(m, torch.zeros((1,) + SHAPE), torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]), **kw)
+
+
+def test_flow_sigmas_above_one_rejected():
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    with pytest.raises(ValueError, match="<= 1"):
+        SOLVERS["dpmpp_2m"](m, torch.zeros((1,) + SHAPE), torch.tensor([1.5, 0.5, 0.0]), family="flow")
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "unipc_bh2", "deis_3"])
+def test_short_schedule_lowers_order_for_every_multistep_solver(name, caplog):
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    with caplog.at_level(logging.WARNING, logger="FewStep"):
+        y = SOLVERS[name](m, torch.ones((1,) + SHAPE), torch.tensor([3.0, 1.0, 0.0]))
+    assert torch.isfinite(y).all()
+    assert any("too short for order 3" in r.getMessage() for r in caplog.records)
+
+
 def test_short_schedule_lowers_order_and_logs(caplog):
     from fewstep.samplers import sample_dpmpp_multistep
     m = ConstantModel(torch.zeros((1,) + SHAPE))
