@@ -127,10 +127,17 @@ def noise_of(seed, shape=SHAPE):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
+_EXACT = {}
+
+
 def exact_endpoint(family, x_init, sigma0, cfg=1.0):
+    """The exact ODE endpoint from x_init at sigma0 (float64 RK4; cached: tests share initial states)."""
     from fewstep.core.analytic import AnalyticModel, reference_solve
-    m = AnalyticModel(family, 3.0, COMPONENTS, MIX_SEED)
-    return reference_solve(m.denoiser(cfg), x_init.double(), float(sigma0), steps=400)
+    key = (family, float(cfg), float(sigma0), x_init.detach().cpu().numpy().tobytes())
+    if key not in _EXACT:
+        m = AnalyticModel(family, 3.0, COMPONENTS, MIX_SEED)
+        _EXACT[key] = reference_solve(m.denoiser(cfg), x_init.double(), float(sigma0), steps=400)
+    return _EXACT[key]
 
 
 # ------------------------------------------------------------------------------------------------
