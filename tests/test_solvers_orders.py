@@ -111,3 +111,10 @@ def test_pndm_order_on_rho_uniform_steps(family, warmup, order):
                    - ref).norm() / ref.norm()) for n in ns]
     p = fitted_order(ns, errs)
     assert abs(p - order) <= 0.3, (errs, p)
+
+
+def test_convergence_table_command_runs(capsys):
+    from fewstep.samplers import convergence
+    convergence.main(["--steps", "8", "16", "--family", "flow"])
+    out = capsys.readouterr().out
+    assert "| dpmpp_2m | 2 |" in out and "measured order" in out
