@@ -254,9 +254,13 @@ def check_profile_for_model(model_k, profile: core.OLSSProfile):
                          "train a profile on this model (FewStep OLSS Train)")
     guider = getattr(model_k, "inner_model", None)
     patcher = getattr(guider, "model_patcher", None)
+    fp = None
     if patcher is not None and profile.model_fingerprint:
-        fp = model_fingerprint(patcher)
-        if fp != profile.model_fingerprint:
+        try:
+            fp = model_fingerprint(patcher)
+        except Exception as e:  # a model the fingerprint cannot read: skip the check, say so
+            log.warning("FewStep OLSS: could not fingerprint the model (%s); not checking it against the profile", e)
+        if fp is not None and fp != profile.model_fingerprint:
             log.warning("FewStep OLSS: %s was trained on model %s, this model is %s (another checkpoint or "
                         "other LoRA/patches); the coefficients may not fit it — retrain for best results",
                         label, profile.model_fingerprint, fp)
@@ -299,7 +303,7 @@ class FewStepOLSSSampler:
         }}
 
     @classmethod
-    def IS_CHANGED(cls, profile_name, denoise=1.0, profile=None):
+    def IS_CHANGED(cls, profile_name=LINKED, denoise=1.0, profile=None, **_):
         if profile_name == LINKED:
             return ""
         path = folder_paths.get_full_path(FOLDER, profile_name)
