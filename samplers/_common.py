@@ -201,6 +201,12 @@ class Run:
         s = self.sigmas[i] if sigma is None else sigma
         return self.model(x, s * self.s_in, **self.extra_args)
 
+    def start(self, i, x, grid):
+        """The model call at sigmas[i] and its callback: (denoised, sigma_s, sigma_t) as floats."""
+        denoised = self.denoise(x, i)
+        self.report(i, x, denoised)
+        return denoised, grid.sigma[i], grid.sigma[i + 1]
+
     def report(self, i, x, denoised, sigma_hat=None):
         if self.callback is not None:
             sh = self.sigmas[i] if sigma_hat is None else sigma_hat

@@ -29,9 +29,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     if stochastic:
         noise_sampler = make_noise_sampler(x, sigmas, "gaussian", seed, run.extra_args, noise_sampler)
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         a_s, a_t = grid.alpha[i], grid.alpha[i + 1]
         eps = (x - a_s * denoised) / s
         if t == 0.0:

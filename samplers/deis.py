@@ -66,9 +66,7 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     fam = grid.family
     hist_e, hist_s = [], []            # noise predictions and their sigmas, newest first
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         eps_s = eps_from_x0(x, denoised, s, fam)
         hist_e.insert(0, eps_s)
         hist_s.insert(0, s)

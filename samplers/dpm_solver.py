@@ -32,9 +32,7 @@ def sample_dpm_solver(model, x, sigmas, extra_args=None, callback=None, disable=
         return eps_from_x0(xv, dv, sig, fam)
 
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         if t == 0.0:
             x = denoised
             continue

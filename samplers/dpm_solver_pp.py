@@ -42,9 +42,7 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
     hist_d, hist_l = [], []          # previous data predictions and their lambdas, newest first
     c = 1.0 + eta
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         hist_d.insert(0, denoised)
         hist_l.insert(0, grid.lam[i])
         del hist_d[3:], hist_l[3:]
@@ -126,9 +124,7 @@ def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=No
     run, grid = setup(model, x, sigmas, extra_args, callback, family)
     fam = grid.family
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         if t == 0.0:
             x = denoised
             continue

@@ -52,7 +52,7 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
             denoised = run.denoise(x, sigma=s_hat)
         else:
             denoised = run.denoise(x, i)
-        run.report(i, x, denoised, sigma_hat=s_hat if s_hat > s else None)
+        run.report(i, x, denoised, sigma_hat=sigmas[i] * (s_hat / s) if s_hat > s else None)
         d = (x - denoised) / s_hat
         x_next = x + (t - s_hat) * d
         if method == "heun" and t > 0:

@@ -14,8 +14,6 @@ from ._common import setup
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps"):
     run, grid = setup(model, x, sigmas, extra_args, callback, family)
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         x = x + (t - s) / s * (x - denoised)
     return x

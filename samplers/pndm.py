@@ -50,9 +50,7 @@ def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
     hist = []                                  # e_i = eps(x_i, sigma_i), newest first
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         eps_s = eps_from_x0(x, denoised, s, fam)
         hist.insert(0, eps_s)
         del hist[4:]

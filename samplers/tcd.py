@@ -51,9 +51,7 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     if gamma > 0:
         noise_sampler = make_noise_sampler(x, sigmas, "gaussian", seed, run.extra_args, noise_sampler)
     for i in range(grid.n):
-        denoised = run.denoise(x, i)
-        run.report(i, x, denoised)
-        s, t = grid.sigma[i], grid.sigma[i + 1]
+        denoised, s, t = run.start(i, x, grid)
         eps = eps_from_x0(x, denoised, s, fam)
         s_mid = intermediate_sigma(t, gamma, fam, model_sigmas)
         x = x_from(denoised, eps, s_mid, fam)
