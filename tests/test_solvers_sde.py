@@ -87,3 +87,26 @@ def test_moment_test_detects_a_wrong_sampler():
     y = SOLVERS["dpmpp_sde_2m"](am.denoiser(1.0), x, sig, {"seed": 5}, family="eps", s_noise=1.2)
     assert (((y.var(0) - var).abs() / var).max() > 0.1) or \
         (((y.mean(0) - mean).abs() / (var / N).sqrt()).max() > 4.5)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("name", ["ddim_ancestral", "dpmpp_sde_2m", "dpmpp_sde_3m"])
+@pytest.mark.parametrize("steps", [2, 12])
+def test_first_order_stochastic_update_is_exact_for_constant_denoiser(name, family, steps):
+    """With a fixed x0 the eta = 1 step is the exact DDPM posterior, so from a fixed start x_s the end
+    state is N(alpha_e x0 + sigma_e e^{-dl} eps_s, sigma_e^2 (1 - e^{-2 dl})), dl = lambda_e - lambda_s,
+    for any number of steps."""
+    import math
+    n = 20000
+    s_hi, s_lo = (8.0, 0.2) if family == "eps" else (0.9, 0.2)
+    x0 = torch.full((1, 1), 0.7, dtype=torch.float64)
+    eps_s = 1.3
+    a = lambda s: 1.0 if family == "eps" else 1.0 - s  # noqa: E731
+    x = torch.full((n, 1), a(s_hi) * 0.7 + s_hi * eps_s, dtype=torch.float64)
+    sig = lam_grid(family, s_hi, s_lo, steps)
+    y = SOLVERS[name](lambda xv, sv, **k: x0.expand_as(xv), x, sig, {"seed": 3}, family=family)
+    dl = families.lam(s_lo, family) - families.lam(s_hi, family)
+    mean = a(s_lo) * 0.7 + s_lo * math.exp(-dl) * eps_s
+    var = s_lo ** 2 * (1 - math.exp(-2 * dl))
+    assert abs(float(y.mean()) - mean) < 4.5 * math.sqrt(var / n)
+    assert abs(float(y.var()) / var - 1) < 4.5 * math.sqrt(2 / n)
