@@ -118,3 +118,17 @@ def test_convergence_table_command_runs(capsys):
     convergence.main(["--steps", "8", "16", "--family", "flow"])
     out = capsys.readouterr().out
     assert "| dpmpp_2m | 2 |" in out and "measured order" in out
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_dpmpp_3m_equals_unipc_bh2_predictor(family):
+    """Two independent derivations of the third-order data-prediction multistep step agree: DPM-Solver++(3M)
+    from the phi_2/phi_3 Taylor terms and UniPC's bh2 predictor (no corrector) from its linear system
+    R a = b. (k-diffusion's dpmpp_3m_sde at eta 0 differs: it weights the second difference by half.)"""
+    from test_solvers_common import lam_grid, problem
+    model, x, _ = problem(family)
+    sig = lam_grid(family, 0.9 if family == "flow" else 10.0, 0.05, 12)
+    a = S.sample_dpmpp_multistep(model, x, sig, family=family, order=3, lower_order_final=False)
+    b = S.sample_unipc(model, x, sig, family=family, order=3, variant="bh2", use_corrector=False,
+                       lower_order_final=False)
+    assert (a - b).abs().max() < 1e-10
