@@ -150,7 +150,8 @@ def main(argv=None):
     print("\n".join(lines))
     if not args.no_write:
         from solvers import write_doc  # bench/solvers.py
-        write_doc("Produced by `python bench/overhead.py`:\n\n" + "\n".join(lines),
+        cmd = " ".join(["python bench/overhead.py"] + list(sys.argv[1:] if argv is None else argv))
+        write_doc(f"Produced by `{cmd}`:\n\n" + "\n".join(lines),
                   "<!-- bench:overhead:start -->", "<!-- bench:overhead:end -->")
     return 0 if worst <= 0.02 else 1
 

@@ -263,7 +263,8 @@ def main(argv=None):
     print(text)
     print(summary)
     if not args.no_write and not args.quick:
-        write_doc("Produced by `python bench/solvers.py`:\n\n" + text + "\n" + summary)
+        cmd = " ".join(["python bench/solvers.py"] + list(sys.argv[1:] if argv is None else argv))
+        write_doc(f"Produced by `{cmd}`:\n\n" + text + "\n" + summary)
     return 0 if goal_ok else 1
 
 
