@@ -248,3 +248,17 @@ def step_order(order: int, i: int, n: int, lower_order_final: bool, history: int
     if lower_order_final and n < 10:
         k = min(k, n - i)
     return max(1, k)
+
+
+def limit_order_by_step_ratio(k: int, hist_lams, h: float, min_ratio: float) -> int:
+    """FewStep safeguard for multistep extrapolation: use a previous point only while the lambda
+    spacings it spans are at least ``min_ratio`` times the current step h. Data predictions saturate in
+    lambda, so extrapolating a slope measured over a short step across a step many times longer (the
+    last steps of time-uniform or "normal" schedules) overshoots badly. On smooth grids the ratios tend
+    to 1 as steps are refined, so the convergence order is unchanged; ``min_ratio=0`` turns it off."""
+    if min_ratio <= 0:
+        return k
+    m = 1
+    while m < k and (hist_lams[m - 1] - hist_lams[m]) >= min_ratio * h:
+        m += 1
+    return m

@@ -9,7 +9,9 @@ For a step s -> t (h = lambda_t - lambda_s) the exact solution of the probabilit
   predictions (divided differences in lambda). Order 2 uses the paper's form
   ``D_s + (D_s - D_prev) / (2r)`` with the first-order weight; order 3 uses the phi_2/phi_3 Taylor terms.
   Warm-up with lower orders; ``lower_order_final`` lowers the last steps of schedules shorter than 10
-  steps (reference implementation).
+  steps (reference implementation). ``min_step_ratio`` (FewStep safeguard, default 0.2, 0 = off):
+  a previous prediction is used only while the lambda spacing to it is at least that fraction of the
+  current step (see ``_common.limit_order_by_step_ratio``).
 * ``sample_dpmpp_2s`` — DPM-Solver++(2S), singlestep second order with the midpoint in lambda (r = 1/2).
 * ``sample_dpmpp_sde`` — SDE-DPM-Solver++(2M)/(3M) with ``eta`` (paper eta = 1): the same expansion with
   the SDE kernel, ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t c sum_k h^{k+1} phi_{k+1}(-c h) D^(k)
@@ -28,8 +30,8 @@ import math
 
 import torch
 
-from ._common import (check_choice, check_float_range, first_order_coeffs, multistep_order, phi, setup,
-                      sigma_of_lam, step_order, taylor_derivatives)
+from ._common import (check_choice, check_float_range, first_order_coeffs, limit_order_by_step_ratio,
+                      multistep_order, phi, setup, sigma_of_lam, step_order, taylor_derivatives)
 from .noise import NOISE_TYPES, make_noise_sampler
 
 SOLVER_TYPES = ("midpoint", "heun")
@@ -37,7 +39,7 @@ WARMUPS = ("lower", "singlestep")
 
 
 def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noise_sampler=None,
-               solver_type="midpoint", warmup="lower"):
+               solver_type="midpoint", warmup="lower", min_step_ratio=0.2):
     sigmas = run.sigmas
     hist_d, hist_l = [], []          # previous data predictions and their lambdas, newest first
     c = 1.0 + eta
@@ -65,8 +67,9 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
             hist_l.insert(0, lam_u)
         else:
             k = step_order(order, i, grid.n, lower_order_final, len(hist_d))
+            h = grid.h(i)
+            k = limit_order_by_step_ratio(k, hist_l, h, min_step_ratio)
             if k >= 2:
-                h = grid.h(i)
                 if k == 2 and solver_type == "midpoint":
                     r = (hist_l[0] - hist_l[1]) / h
                     x_new = x_new + (a_t * (1.0 - e_ch) / (2.0 * r)) * (denoised - hist_d[1])
@@ -84,7 +87,8 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
 
 @torch.no_grad()
 def sample_dpmpp_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps",
-                           order=2, lower_order_final=True, solver_type="midpoint", warmup="lower"):
+                           order=2, lower_order_final=True, solver_type="midpoint", warmup="lower",
+                           min_step_ratio=0.2):
     """DPM-Solver++(2M) (order 2) or (3M) (order 3); order 1 is DDIM. ``solver_type`` only affects
     order 2: "midpoint" (paper) or "heun" (the phi_2 form). ``warmup``: "lower" (paper: first steps
     with orders 1, 2 — a first-order start caps the asymptotic order at 2) or "singlestep" (order 3
@@ -93,13 +97,15 @@ def sample_dpmpp_multistep(model, x, sigmas, extra_args=None, callback=None, dis
     check_choice(warmup, WARMUPS, "warmup")
     run, grid = setup(model, x, sigmas, extra_args, callback, family)
     order = multistep_order(order, 1, 3, grid, "DPM-Solver++ multistep")
-    return _multistep(run, grid, x, order, bool(lower_order_final), solver_type=solver_type, warmup=warmup)
+    min_step_ratio = check_float_range(min_step_ratio, 0.0, 1.0, "min_step_ratio")
+    return _multistep(run, grid, x, order, bool(lower_order_final), solver_type=solver_type, warmup=warmup,
+                      min_step_ratio=min_step_ratio)
 
 
 @torch.no_grad()
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps",
                      order=2, eta=1.0, s_noise=1.0, noise="brownian", seed=None, noise_sampler=None,
-                     lower_order_final=True, solver_type="midpoint", warmup="lower"):
+                     lower_order_final=True, solver_type="midpoint", warmup="lower", min_step_ratio=0.2):
     """SDE-DPM-Solver++(2M)/(3M). eta in [0, 1] scales the injected noise (0 = ODE)."""
     check_choice(solver_type, SOLVER_TYPES, "solver_type")
     check_choice(warmup, WARMUPS, "warmup")
@@ -110,8 +116,9 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
     order = multistep_order(order, 1, 3, grid, "DPM-Solver++ SDE")
     if eta > 0 and s_noise > 0:
         noise_sampler = make_noise_sampler(x, sigmas, noise, seed, run.extra_args, noise_sampler)
+    min_step_ratio = check_float_range(min_step_ratio, 0.0, 1.0, "min_step_ratio")
     return _multistep(run, grid, x, order, bool(lower_order_final), eta, s_noise, noise_sampler, solver_type,
-                      warmup)
+                      warmup, min_step_ratio)
 
 
 @torch.no_grad()

@@ -13,7 +13,8 @@ the next step needs anyway, so the corrector is free — except after the last m
 skipped. Orders warm up 1, 2, ..; ``lower_order_final`` lowers the final steps as the reference
 implementation does (order min(p, steps left)). A final sigma of 0 is replaced by ``final_sigma``
 (reference implementation and ComfyUI: 1e-3) and the state there is returned; ``final_sigma=0`` makes the
-last step a denoising step x = D instead.
+last step a denoising step x = D instead. ``min_step_ratio`` (FewStep safeguard, default 0.2, 0 = off) lowers
+the order where the previous lambda steps are shorter than that fraction of the current one.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import math
 import torch
 
 from ._common import (alpha_of, check_choice, check_float_range, first_order_coeffs, lam_of, multistep_order,
-                      phi, setup)
+                      limit_order_by_step_ratio, phi, setup)
 
 VARIANTS = ("bh1", "bh2")
 
@@ -41,9 +42,11 @@ def _coefficients(rks, h, variant):
 
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps",
-                 variant="bh2", order=3, use_corrector=True, lower_order_final=True, final_sigma=1e-3):
+                 variant="bh2", order=3, use_corrector=True, lower_order_final=True, final_sigma=1e-3,
+                 min_step_ratio=0.2):
     check_choice(variant, VARIANTS, "variant")
     final_sigma = check_float_range(final_sigma, 0.0, 0.1, "final_sigma")
+    min_step_ratio = check_float_range(min_step_ratio, 0.0, 1.0, "min_step_ratio")
     run, grid = setup(model, x, sigmas, extra_args, callback, family)
     order = multistep_order(order, 1, 3, grid, "UniPC")
     fam = grid.family
@@ -75,6 +78,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             p = min(p, n - i)
         p = max(1, p)
         h = lams[i + 1] - lams[i]
+        p = limit_order_by_step_ratio(p, hist_l, h, min_step_ratio)
         rks = [(hist_l[k] - hist_l[0]) / h for k in range(1, p)] + [1.0]
         big_b, bvec, R = _coefficients(rks, h, variant)
         d1s = [(hist_d[k] - denoised) / rks[k - 1] for k in range(1, p)]

@@ -160,6 +160,8 @@ def test_bad_orders_and_options():
     ("sample_edm", {"method": "rk4"}, "method must be one of"),
     ("sample_edm", {"s_churn": -1.0}, "s_churn"),
     ("sample_dpmpp_multistep", {"solver_type": "euler"}, "solver_type must be one of"),
+    ("sample_dpmpp_multistep", {"min_step_ratio": 2.0}, r"min_step_ratio must be a number in \[0.0, 1.0\]"),
+    ("sample_unipc", {"min_step_ratio": -1.0}, "min_step_ratio"),
 ])
 def test_bad_options(fn, kw, match):
     from fewstep import samplers
