@@ -329,7 +329,7 @@ class FewStepEDM:
                        "Churn only at sigmas >= s_tmin."}),
             "s_tmax": ("FLOAT", {"default": 1000.0, "min": 0.0, "max": 1000.0, "step": 0.01, "round": False, "tooltip":
                        "Churn only at sigmas <= s_tmax."}),
-            "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.001, "round": False, "tooltip":
+            "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001, "round": False, "tooltip":
                         "Scale of the churn noise (EDM uses 1.003-1.007 for some models; 1 = exact)."}),
         }}
 
@@ -339,7 +339,7 @@ class FewStepEDM:
         s_churn = _check_range(n, "s_churn", s_churn, 0.0, 100.0)
         s_tmin = _check_range(n, "s_tmin", s_tmin, 0.0, 1000.0)
         s_tmax = _check_range(n, "s_tmax", s_tmax, 0.0, 1000.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 100.0)
+        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
         if s_tmin > s_tmax:
             raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
         return _ksampler("edm", "sample_edm", n, noise="gaussian", method=method, s_churn=s_churn,

@@ -188,6 +188,8 @@ def test_widget_order_is_stable(comfy):
     ("FewStepPNDM", dict(warmup="none"), r"warmup must be one of \['lower', 'rk'\]"),
     ("FewStepEDM", dict(method="rk4", s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0), r"method must be one of"),
     ("FewStepEDM", dict(method="heun", s_churn=0.0, s_tmin=5.0, s_tmax=1.0, s_noise=1.0), r"s_tmin .* must not exceed s_tmax"),
+    ("FewStepEDM", dict(method="heun", s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=11.0), r"s_noise must be a number in \[0.0, 10.0\]"),
+    ("FewStepEDM", dict(method="heun", s_churn=-1.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0), r"s_churn must be a number in \[0.0, 100.0\]"),
     ("FewStepTCD", dict(gamma=1.2), r"FewStepTCD: gamma must be a number in \[0.0, 1.0\]"),
     ("FewStepTCD", dict(gamma=-0.1), r"gamma must be a number in \[0.0, 1.0\]"),
 ])
