@@ -2,7 +2,7 @@
 of x's shape, dtype and device, standard normal per element.
 
 * :class:`GaussianNoiseSampler` — fresh N(0, 1) noise per call from a seeded CPU generator (the same
-  seed gives the same sequence on every device).
+  seed gives the same sequence on every device and dtype).
 * :class:`BrownianNoiseSampler` — the normalised increment ``(W(t1) - W(t0)) / sqrt|t1 - t0|`` of one
   Brownian path W over [sigma_min, sigma_max] (t = sigma). The path is a Brownian bridge tree: the value
   at every dyadic node is drawn from a generator seeded by (seed, depth, index), so W(t) is a fixed
@@ -45,14 +45,15 @@ def _randn(shape, seed: int) -> torch.Tensor:
 
 
 class GaussianNoiseSampler:
-    """Independent standard-normal noise per call, seeded; generated on the CPU in float64."""
+    """Independent standard-normal noise per call, seeded; drawn on the CPU in float32 (the same stream for
+    every dtype and device)."""
 
     def __init__(self, x: torch.Tensor, seed: int = 0):
         self.shape, self.dtype, self.device = tuple(x.shape), x.dtype, x.device
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
-        z = torch.randn(self.shape, generator=self.generator, dtype=torch.float64)
+        z = torch.randn(self.shape, generator=self.generator, dtype=torch.float32)
         return z.to(device=self.device, dtype=self.dtype)
 
 
