@@ -110,3 +110,23 @@ def test_first_order_stochastic_update_is_exact_for_constant_denoiser(name, fami
     var = s_lo ** 2 * (1 - math.exp(-2 * dl))
     assert abs(float(y.mean()) - mean) < 4.5 * math.sqrt(var / n)
     assert abs(float(y.var()) / var - 1) < 4.5 * math.sqrt(2 / n)
+
+
+def test_brownian_noise_gives_pathwise_convergence():
+    """With the Brownian path, refining the schedule refines the same noise path, so SDE-DPM-Solver++(2M)
+    converges pathwise to the fine-step solution for one seed; independent per-step Gaussian noise does not."""
+    am = AnalyticModel("flow", 3.0, 4, 0)
+    model = am.denoiser(1.0)
+    x = am.noise((2, 4, 2, 2), 1) * 0.9
+
+    def run(n, noise):
+        return SOLVERS["dpmpp_sde_2m"](model, x, lam_grid("flow", 0.9, 0.05, n), {"seed": 3}, family="flow",
+                                       noise=noise)
+
+    for noise, converges in (("brownian", True), ("gaussian", False)):
+        ref = run(640, noise)
+        errs = [float((run(n, noise) - ref).norm() / ref.norm()) for n in (40, 80, 160)]
+        if converges:
+            assert errs[0] > errs[1] > errs[2] and errs[2] < 0.01, errs
+        else:
+            assert min(errs) > 0.3, errs
