@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ._common import check_choice, eps_from_x0, multistep_order, setup, sigma_of_lam, x_from
@@ -30,30 +29,41 @@ from ._common import check_choice, eps_from_x0, multistep_order, setup, sigma_of
 WARMUPS = ("lower", "singlestep")
 
 
+def _poly_mul_linear(coefs, root):
+    """(sum_m c_m s^m) * (s - root), coefficients lowest power first."""
+    out = [0.0] * (len(coefs) + 1)
+    for m, c in enumerate(coefs):
+        out[m + 1] += c
+        out[m] -= root * c
+    return out
+
+
 def _lagrange(nodes, j):
-    """The j-th Lagrange basis polynomial over ``nodes`` (numpy Polynomial in sigma)."""
-    p = np.polynomial.Polynomial([1.0])
+    """Coefficients (lowest power first) of the j-th Lagrange basis polynomial over ``nodes``."""
+    coefs = [1.0]
     for k, v in enumerate(nodes):
         if k != j:
-            p = p * np.polynomial.Polynomial([-v, 1.0]) / (nodes[j] - v)
-    return p
+            coefs = [c / (nodes[j] - v) for c in _poly_mul_linear(coefs, v)]
+    return coefs
 
 
 def tab_coefficients(nodes, sigma_s: float, sigma_t: float, family: str):
     """C_j = int_{sigma_s}^{sigma_t} l_j(sigma) drho for the Lagrange basis over ``nodes`` (sigmas of the
-    noise predictions, nodes[0] = sigma_s)."""
+    noise predictions, nodes[0] = sigma_s), in closed form (plain Python: this runs every step)."""
     out = []
     for j in range(len(nodes)):
-        lj = _lagrange(nodes, j)
+        a = _lagrange(nodes, j)
         if family == "eps":
-            q = lj.integ()
-            out.append(float(q(sigma_t) - q(sigma_s)))
-        else:
-            c = lj(np.polynomial.Polynomial([1.0, -1.0])).coef      # l_j(1 - w) in powers of w
-            c = np.concatenate([c, np.zeros(3)])[:3]
-            ws, wt = 1.0 - sigma_s, 1.0 - sigma_t
-            # int_{sigma_s}^{sigma_t} l(sigma)/(1-sigma)^2 dsigma = -int_{ws}^{wt} (c0/w^2 + c1/w + c2) dw
-            out.append(-(c[0] * (1.0 / ws - 1.0 / wt) + c[1] * math.log(wt / ws) + c[2] * (wt - ws)))
+            out.append(sum(c / (m + 1) * (sigma_t ** (m + 1) - sigma_s ** (m + 1)) for m, c in enumerate(a)))
+            continue
+        # l_j(1 - w) = sum_k b_k w^k (binomial expansion), degree <= 2
+        b = [0.0, 0.0, 0.0]
+        for m, c in enumerate(a):
+            for k in range(m + 1):
+                b[k] += c * math.comb(m, k) * (-1.0) ** k
+        ws, wt = 1.0 - sigma_s, 1.0 - sigma_t
+        # int_{sigma_s}^{sigma_t} l(sigma)/(1-sigma)^2 dsigma = -int_{ws}^{wt} (b0/w^2 + b1/w + b2) dw
+        out.append(-(b[0] * (1.0 / ws - 1.0 / wt) + b[1] * math.log(wt / ws) + b[2] * (wt - ws)))
     return out
 
 

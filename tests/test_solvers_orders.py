@@ -158,3 +158,19 @@ def test_step_ratio_safeguard(name):
 
 
 _REF = {}
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_deis_coefficients_are_the_exact_integrals(family):
+    """tAB coefficients equal int l_j(sigma) drho by 40-point Gauss-Legendre quadrature."""
+    import numpy as np
+    from fewstep.samplers.deis import tab_coefficients
+    nodes, a, b = [0.5, 0.6, 0.8], 0.5, 0.3
+    xs, ws = np.polynomial.legendre.leggauss(40)
+    s = (b - a) / 2 * xs + (a + b) / 2
+    weight = 1.0 if family == "eps" else 1.0 / (1.0 - s) ** 2
+    for k in (1, 2, 3):
+        got = tab_coefficients(nodes[:k], a, b, family)
+        for j in range(k):
+            basis = np.prod([(s - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j], axis=0)
+            assert got[j] == pytest.approx((b - a) / 2 * np.sum(ws * basis * weight), rel=1e-12, abs=1e-14)
