@@ -29,15 +29,29 @@ VARIANTS = ("bh1", "bh2")
 
 
 def _coefficients(rks, h, variant):
-    """(B, b, R) for data prediction: hh = -h."""
+    """(B, b, R) for data prediction: hh = -h (plain Python lists: this runs every step)."""
     hh = -h
     big_b = hh if variant == "bh1" else math.expm1(hh)
     p = len(rks)
-    b = torch.tensor([hh * phi(i + 2, hh) * math.factorial(i + 1) / big_b for i in range(p)],
-                     dtype=torch.float64)
-    r = torch.tensor(rks, dtype=torch.float64)
-    R = torch.stack([r ** i for i in range(p)])
+    b = [hh * phi(i + 2, hh) * math.factorial(i + 1) / big_b for i in range(p)]
+    R = [[r ** i for r in rks] for i in range(p)]
     return big_b, b, R
+
+
+def _solve(A, y):
+    """Solve the small dense system A z = y (Gaussian elimination with partial pivoting)."""
+    n = len(y)
+    M = [list(row[:n]) + [y[i]] for i, row in enumerate(A[:n])]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda rr: abs(M[rr][c]))
+        M[c], M[piv] = M[piv], M[c]
+        for rr in range(c + 1, n):
+            f = M[rr][c] / M[c][c]
+            M[rr] = [u - f * v for u, v in zip(M[rr], M[c])]
+    z = [0.0] * n
+    for rr in range(n - 1, -1, -1):
+        z[rr] = (M[rr][n] - sum(M[rr][k] * z[k] for k in range(rr + 1, n))) / M[rr][rr]
+    return z
 
 
 @torch.no_grad()
@@ -88,7 +102,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         elif p == 2:
             pred = 0.5 * d1s[0]
         else:
-            rho = torch.linalg.solve(R[:-1, :-1], bvec[:-1]).tolist()
+            rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
             pred = sum(c * d for c, d in zip(rho, d1s))
         x_t = x0_part if pred is None else x0_part - (alpha_t * big_b) * pred
         last = i == n - 1
@@ -97,7 +111,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             break
         d_t = run.denoise(x_t, i + 1)
         if use_corrector:
-            rho_c = [0.5] if p == 1 else torch.linalg.solve(R, bvec).tolist()
+            rho_c = [0.5] if p == 1 else _solve(R, bvec)
             corr = rho_c[-1] * (d_t - denoised)
             for c, d in zip(rho_c[:-1], d1s):
                 corr = corr + c * d
