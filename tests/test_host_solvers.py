@@ -208,6 +208,20 @@ def test_bad_sigmas_raise_through_comfyui(comfy):
             run(comfy, "eps", s, bad, noise)
 
 
+@pytest.mark.parametrize("node, kw", [
+    ("FewStepDPMSolverPP", dict(mode="3m", eta=1.0, s_noise=1.0, noise_type="brownian", lower_order_final=False)),
+    ("FewStepDEIS", dict(order=3)),
+])
+def test_schedule_too_short_for_the_order_is_logged(comfy, node, kw, caplog):
+    """Two steps cannot carry a third-order multistep solver: it runs at a lower order and says so."""
+    import logging
+    sigmas = torch.tensor([3.0, 1.0, 0.3])
+    with caplog.at_level(logging.WARNING, logger="FewStep"):
+        out = run(comfy, "eps", node_sampler(comfy, node, **kw), sigmas, noise_of(0))
+    assert torch.isfinite(out).all()
+    assert any("too short for order 3" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 # ------------------------------------------------------------------------------------------------
 # KSampler's list
 def test_ksampler_names_registered_in_place(comfy):
