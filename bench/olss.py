@@ -141,10 +141,11 @@ def plot(results, budgets, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), sharey=False)
-    if len(results) == 1:
-        axes = [axes]
-    styles = [("olss", "OLSS (closed-loop fit)", "o-", "C3"), ("olss_open", "OLSS (paper fit)", "o--", "C5"),
+    cols = 2 if len(results) > 1 else 1
+    rows_ = (len(results) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 3.9 * rows_), sharey=False, squeeze=False)
+    axes = list(axes.flat)
+    styles = [("olss", "OLSS", "o-", "C3"), ("olss_cl", "OLSS + closed-loop refit", "o--", "C5"),
               ("olssp", "OLSS-P (uniform)", "s--", "C1"),
               ("dpm2m", "DPM-Solver++(2M), best schedule", "^-", "C0"),
               ("fewstep", "best FewStep solver+schedule", "v:", "C2"),
@@ -157,7 +158,8 @@ def plot(results, budgets, path):
         ax.set_xlabel("NFE (model calls)")
         ax.set_title(f"{'eps (SD1.5 sigmas)' if family == 'eps' else 'flow (shift 3)'}, cfg {cfg:g}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("relative error vs exact ODE endpoint")
+    for ax in axes[::cols]:
+        ax.set_ylabel("relative error vs exact ODE endpoint")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,14 +169,14 @@ def plot(results, budgets, path):
 
 
 def table(results, budgets):
-    lines = ["| case | NFE | OLSS | OLSS (paper fit) | OLSS-P | DPM-Solver++(2M) best | OLSS / DPM++(2M) | best FewStep "
+    lines = ["| case | NFE | OLSS | OLSS + closed-loop refit | OLSS-P | DPM-Solver++(2M) best | OLSS / DPM++(2M) | best FewStep "
              "| best ComfyUI | OLSS / best other |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (family, cfg), rows in results.items():
         name = "eps (SD1.5 sigmas)" if family == "eps" else "flow (shift 3)"
         for b in budgets:
             r = rows[b]
-            o, q, p, d, f, c = (r[k][0] for k in ("olss", "olss_open", "olssp", "dpm2m", "fewstep", "comfy"))
+            o, q, p, d, f, c = (r[k][0] for k in ("olss", "olss_cl", "olssp", "dpm2m", "fewstep", "comfy"))
             lines.append(f"| {name}, cfg {cfg:g} | {b} | {o:.2e} | {q:.2e} | {p:.2e} | {d:.2e} ({r['dpm2m'][1]}) | {o / d:.3f} "
                          f"| {f:.2e} ({r['fewstep'][1]}) | {c:.2e} ({r['comfy'][1]}) | {o / min(f, c):.3f} |")
     return "\n".join(lines)
@@ -267,13 +269,13 @@ def main(argv=None):
         for b in args.budgets:
             olss_err = run_olss(host, case, train_profile(host, family, cfg, b, True, tmpdir, train))
             olssp_err = run_olss(host, case, train_profile(host, family, cfg, b, False, tmpdir, train))
-            olss_open = run_olss(host, case, train_profile(host, family, cfg, b, True, tmpdir,
-                                                           dict(train, closed_loop=False)))
+            olss_cl = run_olss(host, case, train_profile(host, family, cfg, b, True, tmpdir,
+                                                         dict(train, closed_loop=True)))
             dpm = dpmpp_2m_best(sb, host, case, b, args.quick)
             (fe, fl), (be, bl) = best_others(sb, host, case, b, args.quick)
-            rows[b] = {"olss": (olss_err, ""), "olssp": (olssp_err, ""), "olss_open": (olss_open, ""), "dpm2m": dpm, "fewstep": (fe, fl),
+            rows[b] = {"olss": (olss_err, ""), "olssp": (olssp_err, ""), "olss_cl": (olss_cl, ""), "dpm2m": dpm, "fewstep": (fe, fl),
                        "comfy": (be, bl)}
-            print(f"  {family} cfg {cfg:g} NFE {b}: OLSS {olss_err:.3e} | OLSS open-loop {olss_open:.3e} | "
+            print(f"  {family} cfg {cfg:g} NFE {b}: OLSS {olss_err:.3e} | OLSS closed-loop {olss_cl:.3e} | "
                   f"OLSS-P {olssp_err:.3e} | "
                   f"DPM++2M {dpm[0]:.3e} ({dpm[1]}) | FewStep {fe:.3e} ({fl}) | ComfyUI {be:.3e} ({bl})", flush=True)
         results[(family, cfg)] = rows
