@@ -19,6 +19,7 @@ import logging
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
+from ..samplers._common import check_sigmas
 from .common import family_of_k_model
 from .registry import register_sampler
 
@@ -83,6 +84,7 @@ def make_sampler_function(module: str, name: str, node: str, noise: str | None =
         family = opts.pop("family", None) or family_of_k_model(model)
         kind = opts.pop("noise_type", noise)
         if noise is not None:
+            check_sigmas(sigmas)  # the solver's own clear error, before a noise sampler sees bad sigmas
             seed = _seed_of(extra_args)
             opts.setdefault("seed", seed)
             if opts.get("noise_sampler") is None and len(sigmas) > 1:

@@ -200,12 +200,13 @@ def test_bad_widget_values_are_named(comfy, node, kw, match):
 
 def test_bad_sigmas_raise_through_comfyui(comfy):
     """Increasing or NaN sigmas get the solver's clear error, also from inside ComfyUI."""
-    s = node_sampler(comfy, "FewStepDPMSolverPP", mode="2m", eta=1.0, s_noise=1.0, noise_type="brownian",
-                     lower_order_final=True)
     noise = noise_of(0)
-    for bad in (torch.tensor([1.0, 2.0, 0.0]), torch.tensor([3.0, float("nan"), 0.0])):
-        with pytest.raises(ValueError, match="sigma"):
-            run(comfy, "eps", s, bad, noise)
+    for mode in ("2m", "sde_2m"):
+        s = node_sampler(comfy, "FewStepDPMSolverPP", mode=mode, eta=1.0, s_noise=1.0, noise_type="brownian",
+                         lower_order_final=True)
+        for bad in (torch.tensor([1.0, 2.0, 0.0]), torch.tensor([3.0, float("nan"), 0.0])):
+            with pytest.raises(ValueError, match="sigmas"):
+                run(comfy, "eps", s, bad, noise)
 
 
 @pytest.mark.parametrize("node, kw", [
