@@ -223,6 +223,8 @@ def multistep_order(order: int, lo: int, hi: int, grid: Grid, solver: str, name:
     """Validate a multistep order and lower it (logged) when the schedule is too short for it.
     Steps to a final sigma of 0 are first-order denoising steps and do not count."""
     order = check_int_range(order, lo, hi, name)
+    if grid.n <= 0:
+        return order                          # nothing to run
     n = grid.n - (1 if grid.final_zero else 0)
     return lower_order_for_length(order, max(n, 1), solver)
 

@@ -192,3 +192,12 @@ def test_short_schedule_lowers_order_and_logs(caplog):
     with caplog.at_level(logging.WARNING, logger="FewStep"):
         sample_dpmpp_multistep(m, x, torch.tensor([3.0, 1.0, 0.0]), order=3)
     assert any("too short for order 3" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_empty_schedule_returns_input(name):
+    """A schedule with a single sigma (no step) makes no model call and returns x unchanged."""
+    m = ConstantModel(torch.zeros((1,) + SHAPE))
+    x = torch.ones((1,) + SHAPE)
+    y = SOLVERS[name](m, x, torch.tensor([2.0]))
+    assert m.calls == 0 and torch.equal(y, x)
