@@ -43,12 +43,13 @@ CATEGORY = "sampling/fewstep/olss"
 LINKED = "(use the linked profile)"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 
-#: deterministic teachers: label -> (module in samplers/, function, fixed options)
-TEACHERS = {
-    "dpmpp_2m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 2}),
-    "dpmpp_3m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 3}),
-    "euler": ("euler", "sample_euler", {}),
-}
+def teacher_names() -> list[str]:
+    """Every deterministic FewStep solver (samplers/registry.py), DPM-Solver++(2M) first."""
+    from ..samplers.registry import SOLVERS
+    names = [n for n, spec in SOLVERS.items() if not spec.stochastic]
+    return sorted(names, key=lambda n: (n != "dpmpp_2m", names.index(n)))
+
+
 TEACHER_STEPS_RANGE = (20, 1000)
 SAMPLES_RANGE = (1, 256)
 #: closed_loop keeps the teacher states in RAM until the refit; refuse beyond this
@@ -76,16 +77,12 @@ def profile_names() -> list[str]:
 
 
 def teacher_function(name: str):
-    if name not in TEACHERS:
-        raise ValueError(f"FewStepOLSSTrain: teacher must be one of {tuple(TEACHERS)}, got {name!r}")
-    module, fn_name, opts = TEACHERS[name]
-    import importlib
-    try:
-        mod = importlib.import_module(f"..samplers.{module}", __package__)
-    except ImportError as e:
-        raise RuntimeError(f"FewStepOLSSTrain: teacher solver {name} (samplers/{module}.py) is not "
-                           f"available: {e}") from None
-    return functools.partial(getattr(mod, fn_name), **opts)
+    """The registry's solver (called with family=...); the trajectory is recorded from its per-step
+    callback (state at each teacher sigma and the output there)."""
+    from ..samplers.registry import SOLVERS
+    if name not in teacher_names():
+        raise ValueError(f"FewStepOLSSTrain: teacher must be one of {tuple(teacher_names())}, got {name!r}")
+    return SOLVERS[name]
 
 
 def _check_int(value, lo, hi, widget):
@@ -117,8 +114,9 @@ class FewStepOLSSTrain:
                                                    "train text-to-image sampling."}),
             "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
                     "CFG scale of the teacher. Use the cfg you will sample with: the profile is fitted to it."}),
-            "teacher": (list(TEACHERS), {"default": "dpmpp_2m", "tooltip":
-                        "Teacher ODE solver whose fine trajectory OLSS learns to shortcut (FewStep's own)."}),
+            "teacher": (teacher_names(), {"default": "dpmpp_2m", "tooltip":
+                        "Teacher ODE solver whose fine trajectory OLSS learns to shortcut (FewStep's deterministic "
+                        "solvers; DPM-Solver++(2M) by default)."}),
             "teacher_steps": ("INT", {"default": 100, "min": TEACHER_STEPS_RANGE[0], "max": TEACHER_STEPS_RANGE[1],
                               "tooltip": "Steps of the teacher trajectory; the student's sigmas are chosen among "
                                          "these. More is more accurate and slower (one model call per step "

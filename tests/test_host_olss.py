@@ -201,3 +201,15 @@ def test_nodes_have_tooltips(comfy):
         for group in spec.values():
             for name, (typ, *opts) in group.items():
                 assert opts and opts[0].get("tooltip"), (nid, name)
+
+
+@pytest.mark.parametrize("teacher", ["unipc_bh2", "edm_heun", "deis_3"])
+def test_other_teachers(comfy, olss_dir, teacher):
+    """Any deterministic FewStep solver can be the teacher (singlestep ones included: the trajectory is
+    the state at each teacher sigma and the output there, from the per-step callback)."""
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    prof, _ = _train(comfy, model, pos, neg, latent, f"t_{teacher}", teacher=teacher)
+    assert prof.teacher.startswith(teacher) and torch.isfinite(prof.we).all()
+    assert float(prof.step_error.max()) < 1e-2
+    assert teacher in comfy.NODES["FewStepOLSSTrain"].INPUT_TYPES()["required"]["teacher"][0]
+    assert "dpmpp_sde_2m" not in comfy.NODES["FewStepOLSSTrain"].INPUT_TYPES()["required"]["teacher"][0]
