@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from .core.analytic import AnalyticModel, reference_solve
 from .schedules import SCHEDULE_NAMES, get_schedule

@@ -32,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from _doc import write_block  # noqa: E402
 
 import comfy_host  # noqa: E402
 
@@ -228,17 +230,7 @@ def table(results, budgets):
 
 
 def write_doc(text, start=MARK_START, end=MARK_END):
-    """Replace the block between the markers in docs/solvers.md (atomically)."""
-    doc = REPO / "docs" / "solvers.md"
-    old = doc.read_text() if doc.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
-    tmp = doc.with_name(doc.name + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, doc)
+    write_block("solvers.md", text, start, end)
 
 
 def main(argv=None):

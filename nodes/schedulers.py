@@ -7,7 +7,7 @@ import folder_paths
 from ..core import families
 from ..core.io import ProfileError, load_checked
 from ..core.model_sigmas import ModelSigmas
-from ..schedules import AYS_MODEL_TYPES, DEFAULT_RHO, SCHEDULE_NAMES, ays_sigmas, get_schedule
+from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
 from .common import model_fingerprint, model_sigmas_of, sigmas_out
 from .registry import register_scheduler
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..core.model_sigmas import ModelSigmas
-from . import ays, basic
+from . import basic
 from ._common import check_denoise, check_positive, check_steps, with_denoise
 from .ays import AYS_MODEL_TYPES, ays_full, ays_table, loglinear_interp
 

@@ -12,12 +12,6 @@ TEACH = dict(cfg=3.0, teacher="dpmpp_2m", teacher_steps=40, teacher_schedule="ka
              seed=100, path_planning=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Seeded noise samplers (no ComfyUI)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -15,13 +15,6 @@ from fewstep.samplers.dpm_solver_pp import sample_dpmpp_multistep
 from fewstep.schedules import get_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread is much faster on a shared machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _random_traj(n, shape, gen):

@@ -1,6 +1,5 @@
 """Schedules: the contract (length, strictly decreasing, finite, ends in 0), the denoise rule,
 published AYS tables, model awareness, and bad input."""
-import math
 
 import pytest
 import torch
