@@ -1,0 +1,502 @@
+"""The Align-Your-Steps optimizer (Sabour, Fidler, Kreis 2024, arXiv 2404.14507): a sampling
+schedule computed for a given model (its own denoiser, its own data) by minimising the KL-divergence
+upper bound (KLUB) between the continuous reverse SDE and its discretisation on the schedule.
+
+torch/numpy only; the model enters as a k-diffusion denoiser ``D(x, sigma) -> x0`` (CFG applied).
+
+The bound
+---------
+Write every family in its scaled (variance-exploding) form ``y = x / alpha = x0 + s * eps`` with
+``s = sigma / alpha = exp(-lambda)``. The reverse SDE ``dy = -2 (D - y)/s ds + sqrt(2 s) dw`` and its
+discretisation on ``s_0 > s_1 > ... > s_n`` -- the same SDE with the denoiser frozen at the start of
+each step, which every first-order stochastic solver integrates exactly -- differ only in the drift,
+by ``2 (D(y_s, s) - D(y_i, s_i)) / s``. Girsanov gives the path-space KL bound (the paper's KLUB)
+
+    KLUB = sum_i  int_{s_{i+1}}^{s_i}  E || D(y_s, s) - D(y_{s_i}, s_i) ||^2  ds / s^3
+         = sum_i  int_{lambda_i}^{lambda_{i+1}}  e^{2 lambda}  E || D(x_lambda) - D(x_{lambda_i}) ||^2  d lambda,
+
+where the expectation is over the forward process: x0 from the data, x at the interior point, and
+x at the step's start obtained by noising that point further. It is invariant under the per-time
+scaling y = x / alpha and the change of time variable, so the one estimator serves eps and flow
+models alike; it works in lambda (the logSNR).
+
+Monte-Carlo estimate (``KLUBEstimator``): for every data latent n, one forward-noised pair per
+interval, with the interior point drawn from the density proportional to ``e^{2 lambda}`` on the
+interval (importance sampling: the weight is then a constant, ``(SNR_lo - SNR_hi)/2``). The uniform
+numbers (stratified over n) and the Gaussian noises are drawn once and shared by every interval and
+candidate (common random numbers), so candidate schedules are compared on the same randomness and
+the estimate is a deterministic function of the schedule.
+
+Search (``optimize_ays``)
+-------------------------
+As the paper: start from a hand-crafted schedule and refine one interior point at a time with its
+neighbours (and the endpoints) fixed: only the two intervals next to the point depend on it, so
+each candidate costs two interval estimates. Several candidates per point on a window in lambda
+between the neighbours that shrinks every sweep. Early stopping: the bound is loose (it upper-bounds
+the true discretisation error, and much of its mass is where the solver's error is not), so it is
+not minimised to the end: a point moves only when the candidate's improvement is statistically
+significant (paired over the samples, ``z`` standard errors), and the sweeps stop as soon as a sweep
+moves nothing or lowers the total bound by less than ``tol`` (relative), or after ``iterations``
+sweeps. Then the schedule is subdivided (10 -> 20 -> 40: a new point at the lambda-midpoint of every
+step) and refined again; other step counts are log-linear interpolations of the next finer level
+(``fewstep.schedules.ays.loglinear_interp``, the paper's rule).
+
+Discrete EPS models (SD1.x, SDXL) evaluate their network at integer timesteps: there every candidate
+point is rounded to the model's own sigma grid (as the published AYS schedules are integer
+timesteps), so the bound is minimised over schedules the model can actually take.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..core import families
+from ..core.model_sigmas import ModelSigmas
+from .ays import loglinear_interp
+
+#: the step counts the optimizer refines (10, then subdivided); others are interpolated
+LEVELS = (10, 20, 40)
+MIN_SAMPLES = 2
+MAX_SAMPLES = 4096
+
+
+class AYSInterrupted(Exception):
+    """Raised through ``interrupt`` hooks that do not raise themselves (they return True)."""
+
+
+# --- family helpers -------------------------------------------------------------------------------
+def snr(sigma, family: str) -> torch.Tensor:
+    """(alpha/sigma)^2 = e^{2 lambda}; exactly 0 at a flow sigma of 1."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    if family == families.EPS:
+        return 1.0 / (s * s)
+    return ((1.0 - s) / s) ** 2
+
+
+def sigma_from_snr(q, family: str) -> torch.Tensor:
+    q = torch.as_tensor(q, dtype=torch.float64)
+    if family == families.EPS:
+        return q.rsqrt()
+    return 1.0 / (1.0 + q.sqrt())
+
+
+def levels_for(steps: int) -> tuple:
+    """The subdivision levels needed for ``steps``: 10, then 20, then 40 as steps grow."""
+    out = [LEVELS[0]]
+    for lv in LEVELS[1:]:
+        if steps > out[-1]:
+            out.append(lv)
+    return tuple(out)
+
+
+# --- the estimator --------------------------------------------------------------------------------
+class KLUBEstimator:
+    """Monte-Carlo estimate of the KLUB of single steps ``[sigma_hi -> sigma_lo]`` of a model.
+
+    ``denoiser(x, sigma_batch) -> x0`` (k-diffusion convention, CFG applied), ``x0``: (N, ...) data
+    latents. Interval values are per-sample vectors (N,) of the per-element mean squared denoiser
+    change times the importance weight; their mean is the interval's KLUB per latent element.
+    Results are cached per interval: the randomness is fixed, so an interval always gets the same value.
+    """
+
+    def __init__(self, denoiser: Callable, x0: torch.Tensor, family: str, seed: int = 0,
+                 batch_size: int | None = None, interrupt: Callable | None = None,
+                 dtype: torch.dtype | None = None):
+        self.denoiser = denoiser
+        self.family = families.check_family(family)
+        if x0.ndim < 2 or x0.shape[0] < MIN_SAMPLES:
+            raise ValueError(f"samples must be at least {MIN_SAMPLES} data latents, got {tuple(x0.shape)}")
+        self.dtype = dtype or (x0.dtype if x0.is_floating_point() else torch.float32)
+        self.x0 = x0.to(self.dtype)
+        n = x0.shape[0]
+        self.n = n
+        self.batch_size = int(batch_size) if batch_size else n
+        self.interrupt = interrupt
+        g = torch.Generator().manual_seed(int(seed) * 2 + 1)
+        perm = torch.randperm(n, generator=g).to(torch.float64)
+        self.u = (perm + torch.rand(n, generator=g, dtype=torch.float64)) / n  # stratified in (0, 1)
+        self.eps_t = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
+        self.eps_up = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
+        self.eps_prev = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
+        self.cache: dict = {}
+        self.evaluations = 0  # denoiser calls on single latents (a CFG model counts its own)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for a in range(0, x.shape[0], self.batch_size):
+            if self.interrupt is not None and self.interrupt():
+                raise AYSInterrupted("AYS optimisation interrupted")
+            xb = x[a:a + self.batch_size]
+            sb = sigma[a:a + self.batch_size].to(x.device, x.dtype)
+            outs.append(self.denoiser(xb, sb).to(self.dtype))
+            self.evaluations += xb.shape[0]
+        return torch.cat(outs)
+
+    def interval(self, sigma_hi: float, sigma_lo: float, sigma_prev: float | None = None) -> torch.Tensor:
+        """Per-sample KLUB terms (N,) of the step sigma_hi -> sigma_lo (sigma_hi > sigma_lo).
+
+        Without ``sigma_prev`` the solver's denoiser on the step is frozen at D(x_hi) (first order:
+        stochastic DDIM / Euler). With it (order 2, DPM-Solver++(2M)), the solver's denoiser is the
+        linear extrapolation in lambda through D(x_prev) and D(x_hi), both on the same path."""
+        key = (round(float(sigma_hi), 12), round(float(sigma_lo), 12),
+               None if sigma_prev is None else round(float(sigma_prev), 12))
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        fam = self.family
+        q_hi = snr(sigma_hi, fam)
+        q_lo = snr(sigma_lo, fam)
+        if not (q_lo > q_hi):
+            raise ValueError(f"internal: interval [{sigma_hi}, {sigma_lo}] is not decreasing in sigma")
+        # interior point with density ~ e^{2 lambda} = SNR: uniform in SNR
+        q_t = q_hi + self.u * (q_lo - q_hi)
+        sig_t = sigma_from_snr(q_t, fam)
+        r = (q_hi / q_t).sqrt()                     # s_t / s_hi (0 when s_hi is infinite)
+        view = (-1,) + (1,) * (self.x0.ndim - 1)
+        dev, dt = self.x0.device, self.dtype
+
+        def col(v):
+            return v.view(view).to(dev, dt)
+
+        a_t = families.alpha(sig_t, fam)
+        x_t = col(a_t) * self.x0 + col(sig_t) * self.eps_t
+        noise_hi = col(r) * self.eps_t + col((1 - r * r).clamp_min(0).sqrt()) * self.eps_up
+        d_t = self._denoise(x_t, sig_t)
+        d_hi = self._denoise(self._at(sigma_hi, noise_hi), torch.full((self.n,), float(sigma_hi), dtype=torch.float64))
+        pred = d_hi
+        if sigma_prev is not None:
+            q_pr = snr(sigma_prev, fam)
+            r2 = float((q_pr / q_hi).sqrt())       # s_hi / s_prev
+            noise_pr = r2 * noise_hi + math.sqrt(max(0.0, 1 - r2 * r2)) * self.eps_prev
+            d_pr = self._denoise(self._at(sigma_prev, noise_pr), torch.full((self.n,), float(sigma_prev), dtype=torch.float64))
+            l_hi = 0.5 * float(q_hi.log())
+            l_pr = 0.5 * float(q_pr.log()) if q_pr > 0 else -math.inf
+            if math.isfinite(l_pr):
+                slope = (0.5 * q_t.log() - l_hi) / (l_hi - l_pr)     # (lambda_t - lambda_hi) / h_prev
+                pred = d_hi + col(slope) * (d_hi - d_pr)
+        msd = (d_t - pred).to(torch.float64).pow(2).flatten(1).mean(1).cpu()
+        out = msd * float(q_lo - q_hi) / 2.0
+        self.cache[key] = out
+        return out
+
+    def _at(self, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+        a = float(families.alpha(torch.tensor(float(sigma), dtype=torch.float64), self.family))
+        return a * self.x0 + float(sigma) * noise
+
+    def schedule(self, sigmas, order: int = 1) -> torch.Tensor:
+        """Per-sample KLUB (N,) of a whole schedule (descending, positive: sigma_max .. sigma_min)."""
+        s = [float(v) for v in sigmas]
+        return sum(self.term(s, j, order) for j in range(len(s) - 1))
+
+    def term(self, s: list, j: int, order: int) -> torch.Tensor:
+        """KLUB of step j (s[j] -> s[j+1]) of schedule ``s`` for a solver of ``order`` (1 or 2; the
+        first step of a multistep solver has no history and is first order)."""
+        prev = s[j - 1] if (order >= 2 and j >= 1) else None
+        return self.interval(s[j], s[j + 1], prev)
+
+
+# --- search ---------------------------------------------------------------------------------------
+@dataclass
+class AYSResult:
+    sigmas: torch.Tensor                 # steps+1 values, descending, ending in 0 (ready to sample)
+    steps: int
+    family: str
+    sigma_min: float
+    sigma_max: float
+    levels: dict = field(default_factory=dict)       # n -> n+1 sigmas (sigma_max .. sigma_min), optimised
+    klub: dict = field(default_factory=dict)         # n -> (initial, final) total KLUB per element
+    sweeps: dict = field(default_factory=dict)       # n -> sweeps run
+    stop_reason: dict = field(default_factory=dict)  # n -> why the sweeps stopped
+    validation: dict = field(default_factory=dict)   # n -> (initial, kept) sampling error vs teacher
+    evaluations: int = 0
+
+
+def _snap(sig: float, table: torch.Tensor | None) -> float:
+    if table is None:
+        return sig
+    lt = table.log()
+    i = int(torch.argmin((lt - math.log(sig)).abs()))
+    return float(table[i])
+
+
+def _lam_eff(sig: float, family: str, ms: ModelSigmas) -> float:
+    """lambda for the search, with a flow sigma_max of 1 at families.schedule_lambda_top."""
+    if family == families.FLOW and sig >= 1.0 - 1e-9:
+        return families.schedule_lambda_top(sig, family)
+    return families.lam(sig, family)
+
+
+def initial_schedule(n: int, ms: ModelSigmas, init: str = "time_uniform") -> list:
+    """The starting point: a hand-crafted schedule of n steps from sigma_max to sigma_min (n+1 values,
+    positive: the n-step schedule of ``get_schedule(init, ...)`` with its final 0 replaced by sigma_min,
+    as the published AYS tables end)."""
+    from . import SCHEDULE_NAMES, get_schedule
+    if init not in SCHEDULE_NAMES or init == "ays":
+        raise ValueError(f"init must be one of {tuple(x for x in SCHEDULE_NAMES if x != 'ays')}, got {init!r}")
+    full = get_schedule(init, n + 1, ms)[:-1]  # n+1 positive values, sigma_max .. sigma_min
+    s = [float(v) for v in full]
+    s[0], s[-1] = ms.sigma_max, ms.sigma_min
+    return s
+
+
+#: the hand-crafted schedules ``init="auto"`` chooses from
+AUTO_INIT = ("time_uniform", "logsnr_uniform", "karras")
+
+
+def _pick_initial(n: int, ms: ModelSigmas, init: str, validate: Callable | None) -> list:
+    """The starting schedule; ``init="auto"``: the hand-crafted one (AUTO_INIT) with the lowest
+    validation error, or time-uniform without validation pairs."""
+    if init != "auto":
+        return initial_schedule(n, ms, init)
+    if validate is None:
+        return initial_schedule(n, ms, AUTO_INIT[0])
+    scored = [(validate(initial_schedule(n, ms, name)), k) for k, name in enumerate(AUTO_INIT)]
+    return initial_schedule(n, ms, AUTO_INIT[min(scored)[1]])
+
+
+def subdivide(sigmas, ms: ModelSigmas) -> list:
+    """Insert the lambda-midpoint of every step (the paper's 10 -> 20 -> 40 subdivision)."""
+    fam = ms.family
+    out = [float(sigmas[0])]
+    for a, b in zip(sigmas[:-1], sigmas[1:]):
+        la, lb = _lam_eff(float(a), fam, ms), _lam_eff(float(b), fam, ms)
+        out.append(float(families.sigma_from_lam(0.5 * (la + lb), fam)))
+        out.append(float(b))
+    return out
+
+
+def _local(est: KLUBEstimator, s: list, i: int, order: int) -> torch.Tensor:
+    """The part of the schedule's KLUB that depends on point i: the steps that start or end at it
+    (and, for order 2, the step after, which extrapolates through it)."""
+    js = range(max(0, i - 1), min(len(s) - 1, i + order))
+    return sum(est.term(s, j, order) for j in js)
+
+
+def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, candidates: int,
+            table: torch.Tensor | None, z: float, tol: float, window: float, shrink: float, tick: Callable,
+            order: int, validate: Callable | None, patience: int):
+    """Coordinate sweeps on one level. Returns (schedule, klub0, klub1, sweeps, reason, val0, val1)."""
+    fam = ms.family
+    n = len(sched) - 1
+    total0 = float(est.schedule(sched, order).mean())
+    prev = total0
+    val0 = validate(sched) if validate is not None else None
+    best_val, best_sched, best_klub, best_sweep = val0, list(sched), total0, 0
+    bad = 0
+    reason = f"iterations ({iterations}) done"
+    sweeps = 0
+    for k in range(iterations):
+        sweeps += 1
+        moved = 0
+        w = window * (shrink ** k)
+        for i in range(1, n):
+            hi, cur, lo = sched[i - 1], sched[i], sched[i + 1]
+            l_hi, l_cur, l_lo = _lam_eff(hi, fam, ms), _lam_eff(cur, fam, ms), _lam_eff(lo, fam, ms)
+            a = l_cur - w * (l_cur - l_hi)
+            b = l_cur + w * (l_lo - l_cur)
+            cands = []
+            for lv in np.linspace(a, b, candidates):
+                s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
+                if lo < s < hi and s not in cands and s != cur:
+                    cands.append(s)
+            base = _local(est, sched, i, order)
+            best, best_gain = cur, 0.0
+            for s in cands:
+                trial = list(sched)
+                trial[i] = s
+                d = _local(est, trial, i, order) - base   # paired over samples
+                mean = float(d.mean())
+                se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+                if mean < -z * se and -mean > best_gain:
+                    best, best_gain = s, -mean
+            if best != cur:
+                sched[i] = best
+                moved += 1
+            tick()
+        total = float(est.schedule(sched, order).mean())
+        if validate is not None and moved:
+            v = validate(sched)
+            if v < best_val:
+                best_val, best_sched, best_klub, best_sweep, bad = v, list(sched), total, sweeps, 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    reason = (f"early stop: the sampling error rose for {bad} sweep(s); kept sweep {best_sweep}")
+                    break
+        if moved == 0:
+            reason = f"converged: no significant move in sweep {sweeps}"
+            break
+        if validate is None and prev - total < tol * prev:
+            reason = f"early stop: sweep {sweeps} lowered the bound by {(prev - total) / prev:.2%} < {tol:.2%}"
+            prev = total
+            break
+        prev = total
+    if validate is None:
+        return sched, total0, prev, sweeps, reason, None, None
+    if best_sweep != sweeps and "kept sweep" not in reason:
+        reason += f"; kept sweep {best_sweep} (lowest sampling error)"
+    return best_sched, total0, best_klub, sweeps, reason, val0, best_val
+
+
+def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas, steps: int = 10,
+                 iterations: int = 8, candidates: int = 9, seed: int = 0, discrete: bool | None = None,
+                 batch_size: int | None = None, validation: tuple | None = None, solver: Callable | None = None,
+                 init: str = "auto", order: int = 1, z: float = 1.0, tol: float = 0.005,
+                 window: float = 0.5, shrink: float = 0.85, patience: int = 2,
+                 progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
+    """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
+
+    ``model_sigmas``: the model's family and sigma grid (endpoints sigma_max, sigma_min stay fixed).
+    ``discrete``: round candidates to the model's sigma grid (default: True for eps models, whose
+    networks take integer timesteps; False for flow). ``iterations``: the most sweeps per level.
+    ``candidates``: candidate values per point per sweep, on a window of ``window`` times the distance
+    to each neighbour (in lambda), shrinking by ``shrink`` every sweep. ``init``: the hand-crafted
+    starting schedule (a ``get_schedule`` name, or "auto": the one of AUTO_INIT with the lowest
+    validation error). ``order``: the solver whose discretisation the bound
+    is taken for (1: denoiser frozen on each step, the paper's stochastic DDIM; 2: linear extrapolation
+    in lambda, DPM-Solver++(2M)).
+
+    Early stopping: with ``validation = (x_T, x_ref)`` — noisy states at sigma_max and their fine-solver
+    endpoints (teacher pairs) — every sweep's schedule is sampled with ``solver`` (default
+    DPM-Solver++(2M)) and the sweep with the lowest endpoint error is kept; the sweeps stop after
+    ``patience`` sweeps without improvement. Without validation the sweeps stop when one lowers the
+    bound by less than ``tol`` (relative). In both, a point only moves on a statistically significant
+    (``z`` paired standard errors) improvement of the bound.
+
+    ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
+    denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
+    Deterministic for a given ``seed``.
+    """
+    from ._common import check_steps
+    steps = check_steps(steps, "steps", minimum=2)
+    iterations = check_steps(iterations, "iterations", minimum=1)
+    if not isinstance(candidates, int) or not (2 <= candidates <= 64):
+        raise ValueError(f"candidates must be in [2, 64], got {candidates!r}")
+    if not isinstance(model_sigmas, ModelSigmas):
+        raise TypeError("model_sigmas must be a fewstep ModelSigmas")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 (stochastic DDIM/Euler) or 2 (DPM-Solver++(2M)), got {order!r}")
+    if x0.shape[0] < MIN_SAMPLES or x0.shape[0] > MAX_SAMPLES:
+        raise ValueError(f"samples must be in [{MIN_SAMPLES}, {MAX_SAMPLES}] data latents, got {x0.shape[0]}")
+    if not torch.isfinite(x0).all():
+        raise ValueError("the data latents contain NaN or inf")
+    from . import SCHEDULE_NAMES
+    inits = ("auto",) + tuple(x for x in SCHEDULE_NAMES if x != "ays")
+    if init not in inits:
+        raise ValueError(f"init must be one of {inits}, got {init!r}")
+    ms = model_sigmas
+    fam = ms.family
+    if discrete is None:
+        discrete = fam == families.EPS
+    table = ms.table if discrete else None
+    est = KLUBEstimator(denoiser, x0, fam, seed=seed, batch_size=batch_size, interrupt=interrupt)
+    validate = None
+    if validation is not None:
+        validate = _make_validator(denoiser, validation, fam, solver, batch_size, interrupt, est)
+    lv = levels_for(steps)
+    total_ticks = sum(iterations * (n - 1) for n in lv)
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total_ticks)
+
+    res = AYSResult(sigmas=torch.empty(0), steps=steps, family=fam, sigma_min=ms.sigma_min, sigma_max=ms.sigma_max)
+    sched = None
+    for n in lv:
+        if sched is None:
+            sched = _pick_initial(n, ms, init, validate)
+        else:
+            sched = subdivide(sched, ms)
+        if table is not None:
+            sched = [sched[0]] + [_snap(s, table) for s in sched[1:-1]] + [sched[-1]]
+        if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
+            raise ValueError(f"steps: the model's sigma grid is too coarse for a {n}-step schedule")
+        sched, k0, k1, sw, why, v0, v1 = _refine(est, list(sched), ms, iterations, candidates, table, z, tol,
+                                                 window, shrink, tick, order, validate, patience)
+        # unused sweeps of this level count as done for the progress bar
+        done[0] += (iterations - sw) * (n - 1)
+        if progress is not None:
+            progress(done[0], total_ticks)
+        res.levels[n] = torch.tensor(sched, dtype=torch.float64)
+        res.klub[n] = (k0, k1)
+        res.sweeps[n] = sw
+        res.stop_reason[n] = why
+        if v0 is not None:
+            res.validation[n] = (v0, v1)
+    res.evaluations = est.evaluations
+    res.sigmas = schedule_for_steps(res.levels, steps)
+    return res
+
+
+def _make_validator(denoiser, validation, family, solver, batch_size, interrupt, est):
+    x_T, x_ref = validation
+    if x_T.shape != x_ref.shape or x_T.shape[0] < 1:
+        raise ValueError("validation must be (x_T, x_ref) of the same shape")
+    if solver is None:
+        from ..samplers.dpm_solver_pp import sample_dpmpp_multistep
+
+        def solver(model, x, sigmas):
+            return sample_dpmpp_multistep(model, x, sigmas, family=family, order=2)
+    bs = int(batch_size) if batch_size else x_T.shape[0]
+
+    def counted(x, sigma, **kw):
+        if interrupt is not None and interrupt():
+            raise AYSInterrupted("AYS optimisation interrupted")
+        est.evaluations += x.shape[0]
+        return denoiser(x, sigma, **kw)
+
+    def validate(sched) -> float:
+        sig = torch.tensor(list(sched[:-1]) + [0.0], dtype=torch.float64)
+        err = 0.0
+        for a in range(0, x_T.shape[0], bs):
+            out = solver(counted, x_T[a:a + bs].clone(), sig)
+            err += float((out.to(torch.float64) - x_ref[a:a + bs].to(torch.float64)).pow(2).sum())
+        return math.sqrt(err / x_ref.numel())
+
+    return validate
+
+
+def schedule_for_steps(levels: dict, steps: int) -> torch.Tensor:
+    """The sampling schedule (steps+1 values ending in 0) from optimised levels: the level itself when
+    it has ``steps`` steps, else the next finer level (or the finest) interpolated log-linearly; the
+    last value (sigma_min) is replaced by 0, as for the published AYS tables."""
+    ns = sorted(levels)
+    n = next((m for m in ns if m >= steps), ns[-1])
+    s = loglinear_interp(levels[n], steps + 1).clone()
+    s[-1] = 0.0
+    return s
+
+
+# --- data ---------------------------------------------------------------------------------------
+def teacher_samples(denoiser: Callable, model_sigmas: ModelSigmas, n: int, shape, seed: int = 0,
+                    teacher_steps: int = 48, batch_size: int | None = None, device=None,
+                    dtype=torch.float32, interrupt: Callable | None = None,
+                    progress: Callable | None = None):
+    """``n`` teacher pairs ``(x_T, x0)`` of per-sample ``shape`` made by the model itself: x_T is pure
+    noise at sigma_max (``sigma_max * noise``, as ComfyUI scales an empty latent), x0 its solution at
+    sigma 0 with a fine DPM-Solver++(2M) (``teacher_steps`` logSNR-uniform steps). The x0 are the data
+    latents of the bound; the pairs validate the early stopping."""
+    from ..samplers.dpm_solver_pp import sample_dpmpp_multistep
+    from . import get_schedule
+    if not (MIN_SAMPLES <= int(n) <= MAX_SAMPLES):
+        raise ValueError(f"samples must be in [{MIN_SAMPLES}, {MAX_SAMPLES}], got {n}")
+    sig = get_schedule("logsnr_uniform", int(teacher_steps), model_sigmas)
+    g = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((int(n),) + tuple(shape), generator=g, dtype=torch.float64).to(device, dtype)
+    x_T = noise * float(sig[0])
+    bs = int(batch_size) if batch_size else int(n)
+    outs = []
+    for a in range(0, int(n), bs):
+        if interrupt is not None and interrupt():
+            raise AYSInterrupted("AYS optimisation interrupted")
+        outs.append(sample_dpmpp_multistep(denoiser, x_T[a:a + bs].clone(), sig,
+                                           family=model_sigmas.family, order=2))
+        if progress is not None:
+            progress(min(a + bs, int(n)), int(n))
+    return x_T, torch.cat(outs).to(dtype)
