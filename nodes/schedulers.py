@@ -101,6 +101,17 @@ class FewStepAYSScheduler:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, model_type=None, steps=None, denoise=None, model=None, saved_schedule=NONE, **_):
+        """A saved schedule re-optimised under the same name must not be served from the cache."""
+        if not saved_schedule or saved_schedule == NONE:
+            return ""
+        path = folder_paths.get_full_path(AYS_FOLDER, saved_schedule)
+        if path is None:
+            return "missing"
+        st = os.stat(path)
+        return f"{st.st_mtime_ns}:{st.st_size}"
+
     def get_sigmas(self, model_type, steps, denoise, model=None, saved_schedule=NONE):
         ms = model_sigmas_of(model) if model is not None else None
         if saved_schedule and saved_schedule != NONE:

@@ -1,0 +1,247 @@
+"""FewStepAYSOptimize: an Align-Your-Steps schedule computed for the connected model.
+
+The optimiser is ``schedules/ays_optimize.py`` (torch only). This node only gives it ComfyUI's real
+denoiser: everything runs inside ``comfy.sample.sample_custom`` with a SAMPLER whose function is the
+optimisation, so the model is loaded, the conditioning prepared and CFG, LoRA, ControlNet and model
+patches applied exactly as when sampling. The "sampling" result is discarded; the schedule is the output.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..core import families
+from ..core.io import atomic_save
+from ..schedules import ays_optimize as core
+from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
+from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
+
+log = logging.getLogger("FewStep")
+
+NODE = "FewStepAYSOptimize"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
+STEPS_RANGE = (2, 200)
+ITERATIONS_RANGE = (1, 50)
+SAMPLES_RANGE = (core.MIN_SAMPLES, 1024)
+#: fine solver of the teacher samples (DPM-Solver++(2M), logSNR-uniform steps)
+TEACHER_STEPS = 64
+#: at most this many teacher pairs validate the early stopping
+VALIDATION_PAIRS = 16
+#: latents per model call
+BATCH = 8
+#: latent size (H, W) of the teacher samples when no latent_image gives one (512 x 512 px)
+DEFAULT_LATENT_HW = (64, 64)
+
+
+def _int(value, lo, hi, widget):
+    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
+        raise ValueError(f"{NODE}: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def check_name(name) -> str:
+    """'' (do not save) or a safe file stem."""
+    name = str(name).strip()
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if name and (not NAME_RE.match(name) or ".." in name):
+        raise ValueError(f"{NODE}: name must be empty (do not save) or 1-100 characters of letters, digits, "
+                         f"'_', '-', '.' or spaces (no folders), got {name!r}")
+    return name
+
+
+def latent_channels(model) -> int:
+    return int(model.model.latent_format.latent_channels)
+
+
+def data_from_latent(model, latent_image, samples: int):
+    """(data latents or None, latent H x W) from the optional LATENT.
+
+    An all-zero latent (Empty Latent Image) only gives the size of the teacher samples; any other
+    latent (VAE-encoded images) is the data: its first ``samples`` latents, in the model's space."""
+    want = latent_channels(model)
+    if latent_image is None:
+        return None, DEFAULT_LATENT_HW
+    if not isinstance(latent_image, dict) or "samples" not in latent_image:
+        raise ValueError(f"{NODE}: latent_image is not a LATENT")
+    lat = latent_image["samples"]
+    if lat.ndim != 4:
+        raise ValueError(f"{NODE}: latent_image must be an image latent (batch, channels, height, width), got "
+                         f"shape {tuple(lat.shape)}")
+    hw = (int(lat.shape[-2]), int(lat.shape[-1]))
+    if not bool(lat.any()):
+        return None, hw
+    if lat.shape[1] != want:
+        raise ValueError(f"{NODE}: latent_image has {lat.shape[1]} channels, but this model's latents have {want} "
+                         "(encode the images with this model's VAE)")
+    if not torch.isfinite(lat).all():
+        raise ValueError(f"{NODE}: latent_image contains NaN or inf")
+    if lat.shape[0] < samples:
+        raise ValueError(f"{NODE}: samples is {samples}, but latent_image holds only {lat.shape[0]} latents: lower "
+                         f"samples to at most {lat.shape[0]} (at least {core.MIN_SAMPLES}) or encode more images")
+    x0 = model.model.process_latent_in(lat[:samples].float())
+    return x0, hw
+
+
+def is_discrete(model) -> bool:
+    """Networks of discrete EPS models (SD1.x, SDXL) take integer timesteps: round to their grid."""
+    ms = model_sampling_of(model)
+    return families.family_of_model_sampling(ms) == families.EPS and "Continuous" not in type(ms).__name__
+
+
+class FewStepAYSOptimize:
+    DESCRIPTION = ("Align Your Steps for THIS model (Sabour, Fidler, Kreis 2024): refines a schedule to minimise "
+                   "the KL upper bound between the reverse SDE and its discretisation, estimated with the model's "
+                   "own denoiser (CFG, LoRA and patches included), at 10 steps, then 20 and 40 as needed; early "
+                   "stopping on the sampling error of teacher samples. Outputs SIGMAS for `steps` and saves the "
+                   "schedule for FewStep Align Your Steps' saved_schedule dropdown.")
+    CATEGORY = "sampling/fewstep/schedulers"
+    RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    OUTPUT_TOOLTIPS = ("The optimised schedule: steps+1 sigmas from the model's sigma_max, ending in 0.",)
+    FUNCTION = "optimize"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to compute the schedule for (with its LoRAs and patches)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning: the bound is estimated on what you "
+                                                     "will sample."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (used when cfg is not 1)."}),
+            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
+                    "CFG scale of the denoiser the schedule is made for: use the cfg you will sample with."}),
+            "steps": ("INT", {"default": 10, "min": STEPS_RANGE[0], "max": STEPS_RANGE[1], "tooltip":
+                      "Steps of the output SIGMAS. The optimiser refines 10 steps, then 20 and 40 when steps is "
+                      "larger; other counts are log-linear interpolations (the paper's rule)."}),
+            "iterations": ("INT", {"default": 4, "min": ITERATIONS_RANGE[0], "max": ITERATIONS_RANGE[1], "tooltip":
+                           "The most refinement sweeps per level (each moves every interior sigma once). It often "
+                           "stops earlier: the bound is looser than the real error, so the sweep with the lowest "
+                           "sampling error on the teacher samples is kept."}),
+            "samples": ("INT", {"default": 16, "min": SAMPLES_RANGE[0], "max": SAMPLES_RANGE[1], "tooltip":
+                        "Data latents of the Monte-Carlo estimate: teacher samples generated by the model "
+                        f"({TEACHER_STEPS}-step DPM-Solver++(2M)), or the first `samples` of a non-empty "
+                        "latent_image. Cost grows linearly; 16-64 is typical."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip":
+                     "Seed of the teacher noise and of the estimator's random numbers: the same seed gives the "
+                     "same schedule."}),
+            "name": ("STRING", {"default": "ays_optimized", "tooltip":
+                     f"File name in models/{AYS_FOLDER} (letters, digits, _ - . and spaces; an existing file is "
+                     "replaced). Empty: do not save."}),
+        }, "optional": {
+            "latent_image": ("LATENT", {"tooltip":
+                             "Optional. VAE-encoded images: the data latents of the estimate (no teacher needed "
+                             "for them). An Empty Latent: only sets the size of the teacher samples. Not "
+                             f"connected: teacher samples at {DEFAULT_LATENT_HW[0] * 8}x{DEFAULT_LATENT_HW[1] * 8} "
+                             "pixels."}),
+        }}
+
+    def optimize(self, model, positive, negative, cfg, steps, iterations, samples, seed, name, latent_image=None):
+        steps = _int(steps, *STEPS_RANGE, "steps")
+        iterations = _int(iterations, *ITERATIONS_RANGE, "iterations")
+        if isinstance(samples, int) and not isinstance(samples, bool) and samples < SAMPLES_RANGE[0]:
+            raise ValueError(f"{NODE}: samples is {samples}: too few for a Monte-Carlo estimate (and its standard "
+                             f"error); use at least {SAMPLES_RANGE[0]} (16-64 is typical)")
+        samples = _int(samples, *SAMPLES_RANGE, "samples")
+        if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
+            raise ValueError(f"{NODE}: cfg must be in [0, 100], got {cfg!r}")
+        seed = _int(seed, 0, 0xffffffffffffffff, "seed")
+        name = check_name(name)
+        x0_data, hw = data_from_latent(model, latent_image, samples)
+        ms = model_sigmas_of(model)
+        shape = (latent_channels(model),) + tuple(hw)
+        n_val = min(samples, VALIDATION_PAIRS) if x0_data is None else min(max(2, samples // 4), VALIDATION_PAIRS)
+        n_teacher = samples if x0_data is None else n_val
+        levels = core.levels_for(steps)
+        opt_ticks = sum(iterations * (n - 1) for n in levels)
+        teacher_ticks = -(-n_teacher // BATCH)
+        pbar = comfy.utils.ProgressBar(teacher_ticks + opt_ticks)
+        interrupt = comfy.model_management.throw_exception_if_processing_interrupted
+        got = {}
+
+        def run(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+            extra = dict(extra_args or {})
+            extra["denoise_mask"] = None  # no inpainting mask: the bound is taken on the whole latent
+            fam = family_of_k_model(model_k)
+
+            def denoiser(xb, sig, **_):
+                return model_k(xb, sig.to(xb.device, xb.dtype), **extra)
+
+            dev = x.device
+            x_T, x_teacher = core.teacher_samples(
+                denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
+                device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
+                progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
+            x0 = x_teacher if x0_data is None else x0_data.to(dev, torch.float32)
+            validation = (x_T[:n_val], x_teacher[:n_val])
+            got["result"] = core.optimize_ays(
+                denoiser, x0, ms, steps=steps, iterations=iterations, seed=seed, discrete=is_discrete(model),
+                batch_size=BATCH, validation=validation, progress=lambda d, t: pbar.update_absolute(teacher_ticks + d),
+                interrupt=lambda: interrupt())
+            if fam != ms.family:
+                raise RuntimeError(f"{NODE}: the sampling model is {fam}, its model_sampling says {ms.family}")
+            return x
+
+        start = sigmas_out(torch.tensor([ms.sigma_max, 0.0], dtype=torch.float64))
+        latent = torch.zeros((1,) + shape)
+        noise = torch.zeros_like(latent)
+        comfy.sample.sample_custom(model, noise, float(cfg), comfy.samplers.KSAMPLER(run), start, positive,
+                                   negative, latent, disable_pbar=True, seed=seed)
+        res = got["result"]
+        report = report_text(res)
+        log.info("FewStep AYS optimise:\n%s", report)
+        if name:
+            path = save_schedule(res, name, model, cfg=float(cfg), seed=seed, samples=samples, iterations=iterations,
+                                 data="latent_image" if x0_data is not None else "teacher")
+            log.info("FewStep: saved the AYS schedule to %s", path)
+        return (sigmas_out(res.sigmas),)
+
+
+def report_text(res: core.AYSResult) -> str:
+    lines = []
+    for n in sorted(res.levels):
+        k0, k1 = res.klub[n]
+        line = f"{n} steps: KLUB {k0:.4g} -> {k1:.4g} in {res.sweeps[n]} sweep(s); {res.stop_reason[n]}"
+        if n in res.validation:
+            v0, v1 = res.validation[n]
+            line += f"; sampling error on teacher samples {v0:.4g} -> {v1:.4g}"
+        lines.append(line)
+    lines.append("sigmas: " + ", ".join(f"{float(v):.4g}" for v in res.sigmas))
+    lines.append(f"model calls: {res.evaluations} latents")
+    return "\n".join(lines)
+
+
+def schedule_dir() -> str:
+    import folder_paths
+    register_folder(AYS_FOLDER)
+    return folder_paths.get_folder_paths(AYS_FOLDER)[0]
+
+
+def save_schedule(res: core.AYSResult, name: str, model, **meta) -> str:
+    """Atomically write the schedule in FewStepAYSScheduler's format: ``sigmas`` = the optimised level
+    that gives ``steps`` (its last value, sigma_min, replaced by 0), every level as ``level_<n>``."""
+    n = next((m for m in sorted(res.levels) if m >= res.steps), max(res.levels))
+    table = res.levels[n].clone()
+    table[-1] = 0.0
+    tensors = {"sigmas": table.float()}
+    tensors.update({f"level_{m}": lv.float() for m, lv in res.levels.items()})
+    metadata = {"fewstep_format": AYS_FORMAT, "family": res.family, "sigma_min": res.sigma_min,
+                "sigma_max": res.sigma_max, "steps": res.steps, "model_fingerprint": model_fingerprint(model),
+                "klub": {str(k): v for k, v in res.klub.items()}, "stop_reason": {str(k): v for k, v in
+                                                                              res.stop_reason.items()}}
+    metadata.update(meta)
+    path = os.path.join(schedule_dir(), name + ".safetensors")
+    atomic_save(path, tensors, metadata)
+    return path
+
+
+NODE_CLASS_MAPPINGS = {NODE: FewStepAYSOptimize}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "FewStep AYS Optimize (schedule for this model)"}
