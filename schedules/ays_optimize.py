@@ -32,13 +32,23 @@ Search (``optimize_ays``)
 As the paper: start from a hand-crafted schedule and refine one interior point at a time with its
 neighbours (and the endpoints) fixed: only the two intervals next to the point depend on it, so
 each candidate costs two interval estimates. Several candidates per point on a window in lambda
-between the neighbours that shrinks every sweep. Early stopping: the bound is loose (it upper-bounds
-the true discretisation error, and much of its mass is where the solver's error is not), so it is
-not minimised to the end: a point moves only when the candidate's improvement is statistically
-significant (paired over the samples, ``z`` standard errors), and the sweeps stop as soon as a sweep
-moves nothing or lowers the total bound by less than ``tol`` (relative), or after ``iterations``
-sweeps. Then the schedule is subdivided (10 -> 20 -> 40: a new point at the lambda-midpoint of every
-step) and refined again; other step counts are log-linear interpolations of the next finer level
+between the neighbours that shrinks every sweep; a candidate counts only when its improvement of the
+bound is statistically significant (paired over the samples, ``z`` standard errors).
+
+Early stopping. The bound is loose: it upper-bounds the KL of the *stochastic* sampler, and its
+e^{2 lambda} weight puts most of its mass at low noise, where an ODE solver's error is not. Minimised
+to the end it crowds the steps towards sigma_min and samples worse (tested: on a single Gaussian it
+reaches the exact minimiser of the closed-form bound, which takes one step from sigma_max to 0.06 sigma_max).
+The paper stops early for this reason. Here the stopping is measured rather than fixed: with
+``validation`` teacher pairs (noise and its fine-solver endpoint, made by the model), each move the
+bound proposes is kept only when it also lowers the sampling error of those pairs (``accept="move"``;
+``"sweep"`` checks once per sweep and keeps the best sweep), and the sweeps stop when a sweep keeps no
+move. Without validation they stop when a sweep lowers the bound by less than ``tol``. ``init="auto"``
+starts from the hand-crafted schedule (time-uniform, logSNR-uniform, Karras, or the published SD1.5
+AYS table remapped through logSNR) with the lowest validation error.
+
+Then the schedule is subdivided (10 -> 20 -> 40: a new point at the lambda-midpoint of every step)
+and refined again; other step counts are log-linear interpolations of the next finer level
 (``fewstep.schedules.ays.loglinear_interp``, the paper's rule).
 
 Discrete EPS models (SD1.x, SDXL) evaluate their network at integer timesteps: there every candidate
@@ -62,6 +72,11 @@ from .ays import loglinear_interp
 LEVELS = (10, 20, 40)
 MIN_SAMPLES = 2
 MAX_SAMPLES = 4096
+#: steps of the fine teacher solve (DPM-Solver++(2M), logSNR-uniform) that makes data latents and
+#: validation pairs
+TEACHER_STEPS = 100
+#: at most this many teacher pairs validate the early stopping
+VALIDATION_PAIRS = 32
 
 
 class AYSInterrupted(Exception):
@@ -213,6 +228,7 @@ class AYSResult:
     stop_reason: dict = field(default_factory=dict)  # n -> why the sweeps stopped
     validation: dict = field(default_factory=dict)   # n -> (initial, kept) sampling error vs teacher
     evaluations: int = 0
+    init: str = ""                                   # the starting schedule (auto: the one picked)
 
 
 def _snap(sig: float, table: torch.Tensor | None) -> float:
@@ -231,31 +247,38 @@ def _lam_eff(sig: float, family: str, ms: ModelSigmas) -> float:
 
 
 def initial_schedule(n: int, ms: ModelSigmas, init: str = "time_uniform") -> list:
-    """The starting point: a hand-crafted schedule of n steps from sigma_max to sigma_min (n+1 values,
-    positive: the n-step schedule of ``get_schedule(init, ...)`` with its final 0 replaced by sigma_min,
-    as the published AYS tables end)."""
+    """The starting point: n+1 positive values from sigma_max to sigma_min, as the published AYS tables
+    are. A fixed schedule: the first n+1 values of its (n+1)-step ``get_schedule(init, ...)``, which
+    end at sigma_min. "ays": the published SD1.5 table (remapped onto the model through logSNR when its
+    range differs), log-linearly interpolated to n+1 values."""
     from . import SCHEDULE_NAMES, get_schedule
-    if init not in SCHEDULE_NAMES or init == "ays":
-        raise ValueError(f"init must be one of {tuple(x for x in SCHEDULE_NAMES if x != 'ays')}, got {init!r}")
-    full = get_schedule(init, n + 1, ms)[:-1]  # n+1 positive values, sigma_max .. sigma_min
+    from .ays import ays_full
+    if init not in SCHEDULE_NAMES:
+        raise ValueError(f"init must be one of {SCHEDULE_NAMES}, got {init!r}")
+    if init == "ays":
+        full = ays_full("SD1", n, ms)
+    else:
+        full = get_schedule(init, n + 1, ms)[:-1]  # n+1 positive values, sigma_max .. sigma_min
     s = [float(v) for v in full]
     s[0], s[-1] = ms.sigma_max, ms.sigma_min
     return s
 
 
 #: the hand-crafted schedules ``init="auto"`` chooses from
-AUTO_INIT = ("time_uniform", "logsnr_uniform", "karras")
+AUTO_INIT = ("time_uniform", "logsnr_uniform", "karras", "ays")
 
 
-def _pick_initial(n: int, ms: ModelSigmas, init: str, validate: Callable | None) -> list:
-    """The starting schedule; ``init="auto"``: the hand-crafted one (AUTO_INIT) with the lowest
-    validation error, or time-uniform without validation pairs."""
+def _pick_initial(n: int, ms: ModelSigmas, init: str, validate: Callable | None,
+                  choices: tuple = AUTO_INIT) -> tuple:
+    """(starting schedule, its name); ``init="auto"``: the one of ``choices`` with the lowest
+    validation error, or the first without validation pairs."""
     if init != "auto":
-        return initial_schedule(n, ms, init)
+        return initial_schedule(n, ms, init), init
     if validate is None:
-        return initial_schedule(n, ms, AUTO_INIT[0])
-    scored = [(validate(initial_schedule(n, ms, name)), k) for k, name in enumerate(AUTO_INIT)]
-    return initial_schedule(n, ms, AUTO_INIT[min(scored)[1]])
+        return initial_schedule(n, ms, choices[0]), choices[0]
+    scored = [(validate(initial_schedule(n, ms, name)), k) for k, name in enumerate(choices)]
+    name = choices[min(scored)[1]]
+    return initial_schedule(n, ms, name), name
 
 
 def subdivide(sigmas, ms: ModelSigmas) -> list:
@@ -278,13 +301,16 @@ def _local(est: KLUBEstimator, s: list, i: int, order: int) -> torch.Tensor:
 
 def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, candidates: int,
             table: torch.Tensor | None, z: float, tol: float, window: float, shrink: float, tick: Callable,
-            order: int, validate: Callable | None, patience: int):
+            order: int, validate: Callable | None, patience: int, accept: str = "move"):
     """Coordinate sweeps on one level. Returns (schedule, klub0, klub1, sweeps, reason, val0, val1)."""
     fam = ms.family
     n = len(sched) - 1
     total0 = float(est.schedule(sched, order).mean())
     prev = total0
     val0 = validate(sched) if validate is not None else None
+    per_move = validate is not None and accept == "move"
+    cur_val = val0
+    rejected = 0
     best_val, best_sched, best_klub, best_sweep = val0, list(sched), total0, 0
     bad = 0
     reason = f"iterations ({iterations}) done"
@@ -292,6 +318,7 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
     for k in range(iterations):
         sweeps += 1
         moved = 0
+        rejected = 0
         w = window * (shrink ** k)
         for i in range(1, n):
             hi, cur, lo = sched[i - 1], sched[i], sched[i + 1]
@@ -313,12 +340,28 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
                 se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
                 if mean < -z * se and -mean > best_gain:
                     best, best_gain = s, -mean
+            if best != cur and per_move:
+                trial = list(sched)
+                trial[i] = best
+                v = validate(trial)
+                if v < cur_val:
+                    cur_val = v
+                else:
+                    best = cur
+                    rejected += 1
             if best != cur:
                 sched[i] = best
                 moved += 1
             tick()
         total = float(est.schedule(sched, order).mean())
-        if validate is not None and moved:
+        if per_move:
+            if moved:
+                best_val, best_sched, best_klub, best_sweep = cur_val, list(sched), total, sweeps
+            elif rejected:
+                reason = (f"early stop: in sweep {sweeps} every move the bound proposed ({rejected}) would have "
+                          "raised the sampling error")
+                break
+        elif validate is not None and moved:
             v = validate(sched)
             if v < best_val:
                 best_val, best_sched, best_klub, best_sweep, bad = v, list(sched), total, sweeps, 0
@@ -346,7 +389,8 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                  iterations: int = 8, candidates: int = 9, seed: int = 0, discrete: bool | None = None,
                  batch_size: int | None = None, validation: tuple | None = None, solver: Callable | None = None,
                  init: str = "auto", order: int = 1, z: float = 1.0, tol: float = 0.005,
-                 window: float = 0.5, shrink: float = 0.85, patience: int = 2,
+                 window: float = 0.5, shrink: float = 0.85, patience: int = 2, accept: str = "move",
+                 auto_init: tuple = AUTO_INIT,
                  progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
     """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
 
@@ -385,9 +429,13 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     if not torch.isfinite(x0).all():
         raise ValueError("the data latents contain NaN or inf")
     from . import SCHEDULE_NAMES
-    inits = ("auto",) + tuple(x for x in SCHEDULE_NAMES if x != "ays")
+    inits = ("auto",) + tuple(SCHEDULE_NAMES)
     if init not in inits:
         raise ValueError(f"init must be one of {inits}, got {init!r}")
+    if not auto_init or any(x not in inits[1:] for x in auto_init):
+        raise ValueError(f"auto_init must be a non-empty tuple of {inits[1:]}, got {auto_init!r}")
+    if accept not in ("move", "sweep"):
+        raise ValueError(f"accept must be 'move' or 'sweep', got {accept!r}")
     ms = model_sigmas
     fam = ms.family
     if discrete is None:
@@ -410,7 +458,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     sched = None
     for n in lv:
         if sched is None:
-            sched = _pick_initial(n, ms, init, validate)
+            sched, res.init = _pick_initial(n, ms, init, validate, tuple(auto_init))
         else:
             sched = subdivide(sched, ms)
         if table is not None:
@@ -418,7 +466,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
             raise ValueError(f"steps: the model's sigma grid is too coarse for a {n}-step schedule")
         sched, k0, k1, sw, why, v0, v1 = _refine(est, list(sched), ms, iterations, candidates, table, z, tol,
-                                                 window, shrink, tick, order, validate, patience)
+                                                 window, shrink, tick, order, validate, patience, accept)
         # unused sweeps of this level count as done for the progress bar
         done[0] += (iterations - sw) * (n - 1)
         if progress is not None:
@@ -475,7 +523,7 @@ def schedule_for_steps(levels: dict, steps: int) -> torch.Tensor:
 
 # --- data ---------------------------------------------------------------------------------------
 def teacher_samples(denoiser: Callable, model_sigmas: ModelSigmas, n: int, shape, seed: int = 0,
-                    teacher_steps: int = 48, batch_size: int | None = None, device=None,
+                    teacher_steps: int = TEACHER_STEPS, batch_size: int | None = None, device=None,
                     dtype=torch.float32, interrupt: Callable | None = None,
                     progress: Callable | None = None):
     """``n`` teacher pairs ``(x_T, x0)`` of per-sample ``shape`` made by the model itself: x_T is pure

@@ -199,7 +199,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="iterations"):
         ays.optimize_ays(D, x0, ms, iterations=0)
     with pytest.raises(ValueError, match="init"):
-        ays.optimize_ays(D, x0, ms, init="ays")
+        ays.optimize_ays(D, x0, ms, init="nope")
     with pytest.raises(ValueError, match="candidates"):
         ays.optimize_ays(D, x0, ms, candidates=1)
     bad = x0.clone()
@@ -208,3 +208,18 @@ def test_bad_input():
         ays.optimize_ays(D, bad, ms)
     with pytest.raises(ValueError, match="samples"):
         ays.teacher_samples(D, ms, 1, (4, 8, 8))
+
+
+def test_initial_schedules_end_at_sigma_min_and_ays_is_the_published_table():
+    from fewstep.schedules import ays_sigmas
+    ms = ModelSigmas.discrete_vp()
+    for name in ays.AUTO_INIT:
+        s = ays.initial_schedule(10, ms, name)
+        assert len(s) == 11 and s[0] == ms.sigma_max and s[-1] == ms.sigma_min
+        assert all(b < a for a, b in zip(s[:-1], s[1:]))
+    pub = ays_sigmas("SD1", 10, 1.0, ms)
+    got = torch.tensor(ays.initial_schedule(10, ms, "ays")[:-1], dtype=torch.float64)
+    assert torch.allclose(got, pub[:-1].double(), rtol=1e-12)
+    with pytest.raises(ValueError, match="auto_init"):
+        am, D, x0, val = _mixture_setup("eps", n=4, val=2)
+        ays.optimize_ays(D, x0, ms, auto_init=("nope",))

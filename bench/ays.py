@@ -1,0 +1,167 @@
+"""Benchmark: the AYS optimizer's 10-step schedule against the fixed schedules, and against the
+published SD1.5 table.
+
+    python bench/ays.py [--samples 32] [--iterations 4] [--no-write]
+
+On the analytic model (exact denoiser, exact ODE endpoint; no ComfyUI needed): eps (SD1.5's discrete
+sigmas) and flow (shift 3), each at cfg 1 and cfg 5. The optimizer runs as FewStepAYSOptimize runs it
+(teacher samples from the model, validation early stopping, discrete rounding for eps) with
+``--samples`` data latents of shape (4, 16, 16). Error: DPM-Solver++(2M) on each 10-step schedule,
+||x_N - x_exact|| / ||x_exact|| over 128 evaluation noises (seed 777, none of them seen by the optimizer),
+x_exact from a float64 RK4 solve. Fixed schedules: Karras (rho 7), logSNR-uniform, time-uniform,
+and the published AYS table (SD1.5's, remapped through logSNR for flow).
+
+"optimised, fixed starts only": the optimizer with ``auto_init`` limited to the three fixed schedules,
+to show what the published table contributes as a starting point.
+
+Writes the table into docs/ays-optimizer.md between the bench markers and the plot docs/img/ays_sd15.png
+(sigma against step: published SD1.5 table, the optimised eps schedules, Karras).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _doc import write_block  # noqa: E402
+
+from fewstep.core.analytic import AnalyticModel, reference_solve  # noqa: E402
+from fewstep.samplers.dpm_solver_pp import sample_dpmpp_multistep  # noqa: E402
+from fewstep.schedules import ays_optimize as ays  # noqa: E402
+from fewstep.schedules import ays_sigmas, get_schedule  # noqa: E402
+
+MARK_START = "<!-- bench:ays:start -->"
+MARK_END = "<!-- bench:ays:end -->"
+CASES = [("eps", 1.0), ("eps", 5.0), ("flow", 1.0), ("flow", 5.0)]
+SHAPE = (4, 16, 16)
+EVAL_N, EVAL_SEED = 128, 777
+FIXED = ("karras", "logsnr_uniform", "time_uniform")
+
+
+def evaluator(am, D):
+    ms = am.model_sigmas
+    xT = am.noise((EVAL_N,) + SHAPE, seed=EVAL_SEED) * ms.sigma_max
+    ref = reference_solve(D, xT, ms.sigma_max, steps=500)
+
+    def err(sig) -> float:
+        sig = torch.as_tensor(sig, dtype=torch.float64)
+        out = sample_dpmpp_multistep(D, xT.clone(), sig, family=am.family, order=2)
+        return float((out - ref).norm() / ref.norm())
+    return err
+
+
+def run_case(family, cfg, samples, iterations):
+    torch.manual_seed(0)
+    am = AnalyticModel(family, 3.0, 8, 0)
+    D = am.denoiser(cfg)
+    ms = am.model_sigmas
+    err = evaluator(am, D)
+    row = {name: err(get_schedule(name, 10, ms)) for name in FIXED}
+    row["ays_published"] = err(ays_sigmas("SD1", 10, 1.0, ms))
+    t0 = time.perf_counter()
+    x_T, x0 = ays.teacher_samples(D, ms, samples, SHAPE, seed=0, dtype=torch.float64)
+    n_val = min(samples, ays.VALIDATION_PAIRS)
+    val = (x_T[:n_val], x0[:n_val])
+    res = ays.optimize_ays(D, x0, ms, steps=10, iterations=iterations, seed=0, validation=val)
+    row["seconds"] = time.perf_counter() - t0
+    row["calls"] = res.evaluations + samples * ays.TEACHER_STEPS
+    row["optimised"] = err(res.sigmas)
+    row["sigmas"] = res.sigmas
+    row["init"] = res.init
+    start = torch.tensor(ays.initial_schedule(10, ms, res.init)[:-1] + [0.0], dtype=torch.float64)
+    row["start"] = err(start)
+    row["stop"] = res.stop_reason[10]
+    # the same, started only from the three fixed schedules (no published table)
+    res3 = ays.optimize_ays(D, x0, ms, steps=10, iterations=iterations, seed=0, validation=val, auto_init=FIXED)
+    row["optimised_fixed_start"] = err(res3.sigmas)
+    return row
+
+
+LABEL = {"karras": "Karras", "logsnr_uniform": "logSNR-uniform", "time_uniform": "time-uniform", "ays": "AYS table"}
+
+
+def table(rows, samples, iterations) -> str:
+    head = ("| case | Karras | logSNR-uniform | time-uniform | AYS SD1.5 table | start (auto-picked) | **optimised** "
+            "| **optimised / best fixed** | optimised / start | optimised, fixed starts only (/ best fixed) "
+            "| model calls | why it stopped |")
+    sep = "|" + "---|" * (head.count("|") - 1)
+    out = [head, sep]
+    for (family, cfg), r in rows.items():
+        best = min(r[n] for n in FIXED)
+        cells = ([f"{family} cfg {cfg:g}"] + [f"{r[n]:.4f}" for n in FIXED]
+                 + [f"{r['ays_published']:.4f}", f"{LABEL[r['init']]} {r['start']:.4f}", f"**{r['optimised']:.4f}**",
+                    f"**{r['optimised'] / best:.2f}**", f"{r['optimised'] / r['start']:.2f}",
+                    f"{r['optimised_fixed_start']:.4f} ({r['optimised_fixed_start'] / best:.2f})",
+                    f"{r['calls']:,}", r["stop"]])
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(f"DPM-Solver++(2M), 10 steps; error = ||x - x_exact|| / ||x_exact|| over {EVAL_N} evaluation noises "
+               f"no optimiser saw. Optimizer: {samples} teacher samples ({ays.TEACHER_STEPS}-step DPM-Solver++(2M)), "
+               f"at most {iterations} sweeps, seed 0; model calls include the teacher. Command: `python bench/ays.py"
+               + (f" --samples {samples}" if samples != 32 else "")
+               + (f" --iterations {iterations}" if iterations != 4 else "") + "`.")
+    out.append("")
+    out.append("Optimised 10-step schedules (sigmas), and how far each lies from the published SD1.5 table "
+               "(remapped through logSNR for flow), as |log(sigma / sigma_table)| over the 9 interior sigmas:")
+    out.append("")
+    from fewstep.core.model_sigmas import ModelSigmas
+    for (family, cfg), r in rows.items():
+        ms = ModelSigmas.discrete_vp() if family == "eps" else ModelSigmas.flow(3.0)
+        pub = ays_sigmas("SD1", 10, 1.0, ms)
+        d = (r["sigmas"][1:-1].log() - pub[1:-1].log()).abs()
+        out.append(f"- {family} cfg {cfg:g}: " + ", ".join(f"{float(v):.4g}" for v in r["sigmas"])
+                   + f" (mean {float(d.mean()):.2f}, max {float(d.max()):.2f})")
+    return "\n".join(out)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fewstep.core.model_sigmas import ModelSigmas
+    ms = ModelSigmas.discrete_vp()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    pub = ays_sigmas("SD1", 10, 1.0, ms)[:-1]
+    ax.semilogy(range(10), pub.numpy(), "o-", label="AYS published SD1.5 table")
+    for (family, cfg), r in rows.items():
+        if family == "eps":
+            ax.semilogy(range(10), r["sigmas"][:-1].numpy(), "s--", label=f"optimised (analytic eps, cfg {cfg:g})")
+    kar = get_schedule("karras", 10, ms)[:-1]
+    ax.semilogy(range(10), kar.numpy(), "^:", label="Karras (rho 7)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("sigma (log)")
+    ax.set_title("10-step schedules on SD1.5's sigma range")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = {}
+    for family, cfg in CASES:
+        rows[(family, cfg)] = r = run_case(family, cfg, a.samples, a.iterations)
+        print(f"{family} cfg {cfg:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)),
+              flush=True)
+    text = table(rows, a.samples, a.iterations)
+    print(text)
+    if not a.no_write:
+        write_block("ays-optimizer.md", text, MARK_START, MARK_END)
+        plot(rows, REPO / "docs" / "img" / "ays_sd15.png")
+        print("wrote docs/ays-optimizer.md and docs/img/ays_sd15.png")
+
+
+if __name__ == "__main__":
+    main()
