@@ -86,7 +86,7 @@ LABEL = {"karras": "Karras", "logsnr_uniform": "logSNR-uniform", "time_uniform":
 
 
 def table(rows, samples, iterations) -> str:
-    head = ("| case | Karras | logSNR-uniform | time-uniform | AYS SD1.5 table | start (auto-picked) | **optimised** "
+    head = ("| case | Karras | logSNR-uniform | time-uniform | AYS SD1.5 table | kept start | **optimised** "
             "| **optimised / best fixed** | optimised / start | optimised, fixed starts only (/ best fixed) "
             "| model calls | why it stopped |")
     sep = "|" + "---|" * (head.count("|") - 1)

@@ -41,11 +41,12 @@ to the end it crowds the steps towards sigma_min and samples worse (tested: on a
 reaches the exact minimiser of the closed-form bound, which takes one step from sigma_max to 0.06 sigma_max).
 The paper stops early for this reason. Here the stopping is measured rather than fixed: with
 ``validation`` teacher pairs (noise and its fine-solver endpoint, made by the model), each move the
-bound proposes is kept only when it also lowers the sampling error of those pairs (``accept="move"``;
-``"sweep"`` checks once per sweep and keeps the best sweep), and the sweeps stop when a sweep keeps no
-move. Without validation they stop when a sweep lowers the bound by less than ``tol``. ``init="auto"``
-starts from the hand-crafted schedule (time-uniform, logSNR-uniform, Karras, or the published SD1.5
-AYS table remapped through logSNR) with the lowest validation error.
+bound proposes is kept only when it also lowers the sampling error of those pairs significantly
+(paired, ``z`` standard errors; ``accept="move"``; ``"sweep"`` checks once per sweep and keeps the best
+sweep), and the sweeps stop when a sweep keeps no move. Without validation they stop when a sweep
+lowers the bound by less than ``tol``. ``init="auto"`` with validation refines from each of
+``auto_init`` (Karras and the published SD1.5 AYS table remapped through logSNR) and keeps the result
+with the lowest validation error; without validation it starts from the first.
 
 Then the schedule is subdivided (10 -> 20 -> 40: a new point at the lambda-midpoint of every step)
 and refined again; other step counts are log-linear interpolations of the next finer level
@@ -228,7 +229,8 @@ class AYSResult:
     stop_reason: dict = field(default_factory=dict)  # n -> why the sweeps stopped
     validation: dict = field(default_factory=dict)   # n -> (initial, kept) sampling error vs teacher
     evaluations: int = 0
-    init: str = ""                                   # the starting schedule (auto: the one picked)
+    init: str = ""                                   # the starting schedule (auto: the one kept)
+    starts: dict = field(default_factory=dict)       # auto: start -> (its, its refined) validation error
 
 
 def _snap(sig: float, table: torch.Tensor | None) -> float:
@@ -265,20 +267,7 @@ def initial_schedule(n: int, ms: ModelSigmas, init: str = "time_uniform") -> lis
 
 
 #: the hand-crafted schedules ``init="auto"`` chooses from
-AUTO_INIT = ("time_uniform", "logsnr_uniform", "karras", "ays")
-
-
-def _pick_initial(n: int, ms: ModelSigmas, init: str, validate: Callable | None,
-                  choices: tuple = AUTO_INIT) -> tuple:
-    """(starting schedule, its name); ``init="auto"``: the one of ``choices`` with the lowest
-    validation error, or the first without validation pairs."""
-    if init != "auto":
-        return initial_schedule(n, ms, init), init
-    if validate is None:
-        return initial_schedule(n, ms, choices[0]), choices[0]
-    scored = [(validate(initial_schedule(n, ms, name)), k) for k, name in enumerate(choices)]
-    name = choices[min(scored)[1]]
-    return initial_schedule(n, ms, name), name
+AUTO_INIT = ("karras", "ays")
 
 
 def subdivide(sigmas, ms: ModelSigmas) -> list:
@@ -344,7 +333,9 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
                 trial = list(sched)
                 trial[i] = best
                 v = validate(trial)
-                if v < cur_val:
+                d = v - cur_val                       # paired over the validation pairs
+                se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+                if float(d.mean()) < -z * se:
                     cur_val = v
                 else:
                     best = cur
@@ -363,7 +354,7 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
                 break
         elif validate is not None and moved:
             v = validate(sched)
-            if v < best_val:
+            if _rms(v) < _rms(best_val):
                 best_val, best_sched, best_klub, best_sweep, bad = v, list(sched), total, sweeps, 0
             else:
                 bad += 1
@@ -382,7 +373,7 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
         return sched, total0, prev, sweeps, reason, None, None
     if best_sweep != sweeps and "kept sweep" not in reason:
         reason += f"; kept sweep {best_sweep} (lowest sampling error)"
-    return best_sched, total0, best_klub, sweeps, reason, val0, best_val
+    return best_sched, total0, best_klub, sweeps, reason, _rms(val0), _rms(best_val)
 
 
 def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas, steps: int = 10,
@@ -446,7 +437,9 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     if validation is not None:
         validate = _make_validator(denoiser, validation, fam, solver, batch_size, interrupt, est)
     lv = levels_for(steps)
-    total_ticks = sum(iterations * (n - 1) for n in lv)
+    multi = init == "auto" and validate is not None
+    starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
+    total_ticks = sum(iterations * (n - 1) * (len(starts) if k == 0 else 1) for k, n in enumerate(lv))
     done = [0]
 
     def tick():
@@ -454,23 +447,32 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         if progress is not None:
             progress(done[0], total_ticks)
 
+    def snapped(sched):
+        if table is not None:
+            sched = [sched[0]] + [_snap(v, table) for v in sched[1:-1]] + [sched[-1]]
+        if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
+            raise ValueError(f"steps: the model's sigma grid is too coarse for a {len(sched) - 1}-step schedule")
+        return sched
+
+    def refine(sched, n):
+        out = _refine(est, snapped(sched), ms, iterations, candidates, table, z, tol, window, shrink, tick, order,
+                      validate, patience, accept)
+        done[0] += (iterations - out[3]) * (n - 1)   # unused sweeps count as done for the progress bar
+        if progress is not None:
+            progress(done[0], total_ticks)
+        return out
+
     res = AYSResult(sigmas=torch.empty(0), steps=steps, family=fam, sigma_min=ms.sigma_min, sigma_max=ms.sigma_max)
     sched = None
     for n in lv:
         if sched is None:
-            sched, res.init = _pick_initial(n, ms, init, validate, tuple(auto_init))
+            # init "auto" with validation pairs: refine from every start, keep the lowest sampling error
+            runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
+            out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
+            res.starts = {name: (r[5], r[6]) for r, name in runs}
         else:
-            sched = subdivide(sched, ms)
-        if table is not None:
-            sched = [sched[0]] + [_snap(s, table) for s in sched[1:-1]] + [sched[-1]]
-        if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
-            raise ValueError(f"steps: the model's sigma grid is too coarse for a {n}-step schedule")
-        sched, k0, k1, sw, why, v0, v1 = _refine(est, list(sched), ms, iterations, candidates, table, z, tol,
-                                                 window, shrink, tick, order, validate, patience, accept)
-        # unused sweeps of this level count as done for the progress bar
-        done[0] += (iterations - sw) * (n - 1)
-        if progress is not None:
-            progress(done[0], total_ticks)
+            out = refine(subdivide(sched, ms), n)
+        sched, k0, k1, sw, why, v0, v1 = out
         res.levels[n] = torch.tensor(sched, dtype=torch.float64)
         res.klub[n] = (k0, k1)
         res.sweeps[n] = sw
@@ -480,6 +482,11 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     res.evaluations = est.evaluations
     res.sigmas = schedule_for_steps(res.levels, steps)
     return res
+
+
+def _rms(per_pair) -> float:
+    """The validation figure: root mean squared endpoint error over the pairs."""
+    return math.sqrt(float(per_pair.mean()))
 
 
 def _make_validator(denoiser, validation, family, solver, batch_size, interrupt, est):
@@ -499,13 +506,14 @@ def _make_validator(denoiser, validation, family, solver, batch_size, interrupt,
         est.evaluations += x.shape[0]
         return denoiser(x, sigma, **kw)
 
-    def validate(sched) -> float:
+    def validate(sched) -> torch.Tensor:
+        """Per-pair mean squared endpoint error (float64, CPU) of sampling on ``sched``."""
         sig = torch.tensor(list(sched[:-1]) + [0.0], dtype=torch.float64)
-        err = 0.0
+        errs = []
         for a in range(0, x_T.shape[0], bs):
             out = solver(counted, x_T[a:a + bs].clone(), sig)
-            err += float((out.to(torch.float64) - x_ref[a:a + bs].to(torch.float64)).pow(2).sum())
-        return math.sqrt(err / x_ref.numel())
+            errs.append((out.to(torch.float64) - x_ref[a:a + bs].to(torch.float64)).pow(2).flatten(1).mean(1).cpu())
+        return torch.cat(errs)
 
     return validate
 
