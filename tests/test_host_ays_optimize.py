@@ -121,3 +121,14 @@ def test_progress_bar_and_interrupt(comfy, ays_dir, monkeypatch):
     with pytest.raises(mm.InterruptProcessingException):
         _optimize(comfy, model, pos, neg, latent, name="never")
     assert not (ays_dir / "never.safetensors").exists()
+
+
+def test_preview_route_draws_a_saved_schedule(comfy, ays_dir):
+    """GET /fewstep/sigmas (the graph editor's preview) answers the saved schedule as the node outputs it."""
+    from fewstep.nodes import routes
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    sig = _optimize(comfy, model, pos, neg, latent, name="preview me")
+    got = routes.sigmas_for_query({"schedule": "ays", "steps": "10", "saved_schedule": "preview me.safetensors"})
+    assert got == pytest.approx([float(v) for v in sig], rel=1e-6)
+    with pytest.raises(routes.QueryError, match="not in models/fewstep_ays"):
+        routes.sigmas_for_query({"schedule": "ays", "steps": "10", "saved_schedule": "absent.safetensors"})
