@@ -165,7 +165,7 @@ function drawPreview(node, ctx) {
   const s = st.sigmas;
   if (!s || s.length < 2) {
     ctx.fillStyle = "#8b949e";
-    ctx.fillText(st.loading ? "computing schedule..." : "no schedule", x0 + 6, y0 + 6);
+    ctx.fillText(st.loading ? "computing schedule..." : st.hint ?? "no schedule", x0 + 6, y0 + 6);
     ctx.restore();
     return;
   }
@@ -242,9 +242,53 @@ function wrapText(ctx, text, x, y, maxW, lineH) {
   if (line) ctx.fillText(line, x, y);
 }
 
+// FewStepAYSOptimize has no schedule before it runs: it draws the one it computed, which the node
+// sends with its output ("ui": {"fewstep_sigmas": [...]}), and says so until then.
+function setupOptimizeNode(nodeType) {
+  const computeSize = nodeType.prototype.computeSize;
+  nodeType.prototype.computeSize = function (out) {
+    const size = computeSize.apply(this, arguments);
+    size[1] += PREVIEW_H;
+    size[0] = Math.max(size[0], 260);
+    return size;
+  };
+  const onNodeCreated = nodeType.prototype.onNodeCreated;
+  nodeType.prototype.onNodeCreated = function () {
+    const r = onNodeCreated?.apply(this, arguments);
+    const st = state(this);
+    st.note = "optimised";
+    st.hint = "queue the graph: the optimised schedule shows here";
+    const min = this.computeSize();
+    this.setSize([Math.max(this.size[0], min[0]), Math.max(this.size[1], min[1])]);
+    return r;
+  };
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (message) {
+    const r = onExecuted?.apply(this, arguments);
+    const s = message?.fewstep_sigmas;
+    if (Array.isArray(s)) {
+      const st = state(this);
+      st.sigmas = s.map(Number);
+      st.error = null;
+      st.note = "optimised";
+      st.updated = (st.updated ?? 0) + 1;
+      this.setDirtyCanvas?.(true, true);
+    }
+    return r;
+  };
+  const onDrawForeground = nodeType.prototype.onDrawForeground;
+  nodeType.prototype.onDrawForeground = function (ctx) {
+    const r = onDrawForeground?.apply(this, arguments);
+    if (this.flags?.collapsed) return r;
+    drawPreview(this, ctx);
+    return r;
+  };
+}
+
 app.registerExtension({
   name: "FewStep.SchedulePreview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === "FewStepAYSOptimize") return setupOptimizeNode(nodeType);
     if (nodeData.name !== "FewStepAYSScheduler" && nodeData.name !== "FewStepScheduler") return;
 
     const computeSize = nodeType.prototype.computeSize;

@@ -202,7 +202,9 @@ class FewStepAYSOptimize:
             path = save_schedule(res, name, model, cfg=float(cfg), seed=seed, samples=samples, iterations=iterations,
                                  data="latent_image" if x0_data is not None else "teacher")
             log.info("FewStep: saved the AYS schedule to %s", path)
-        return (sigmas_out(res.sigmas),)
+        out = sigmas_out(res.sigmas)
+        # "ui": the graph editor draws the optimised schedule on the node (js/fewstep_preview.js)
+        return {"ui": {"fewstep_sigmas": [float(v) for v in out]}, "result": (out,)}
 
 
 def report_text(res: core.AYSResult) -> str:

@@ -24,8 +24,10 @@ def _analytic(comfy, family="eps", size=8):
 
 def _optimize(comfy, model, pos, neg, latent=None, name="", **kw):
     with torch.inference_mode():
-        return comfy.NODES["FewStepAYSOptimize"]().optimize(model, pos, neg, name=name, latent_image=latent,
-                                                             **(LIGHT | kw))[0]
+        out = comfy.NODES["FewStepAYSOptimize"]().optimize(model, pos, neg, name=name, latent_image=latent,
+                                                            **(LIGHT | kw))
+    assert out["ui"]["fewstep_sigmas"] == [float(v) for v in out["result"][0]]
+    return out["result"][0]
 
 
 @pytest.mark.parametrize("family", ["eps", "flow"])

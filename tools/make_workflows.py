@@ -40,7 +40,7 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 CONTROL_DEFAULT = "fixed"
 #: extra height the schedule preview (js/fewstep_preview.js) draws under these nodes' widgets
-PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170}
+PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170, "FewStepAYSOptimize": 170}
 
 SLOT_H, WIDGET_H, PAD_H, TITLE_H = 20, 24, 14, 30
 MIN_W, COL_GAP, ROW_GAP, X0, Y0 = 280, 70, 50, 40, 40
