@@ -265,7 +265,7 @@ class FewStepUniPC:
 
 
 class FewStepDEIS:
-    DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-3: a multistep exponential "
+    DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-4: a multistep exponential "
                    "integrator whose coefficients are computed for the actual sigma grid and model family.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
@@ -274,13 +274,14 @@ class FewStepDEIS:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "order": ("INT", {"default": 3, "min": 1, "max": 3, "tooltip":
-                      "tAB order 1-3 (number of past model outputs used). One model call per step."}),
+            "order": ("INT", {"default": 3, "min": 1, "max": 4, "tooltip":
+                      "tAB order 1-4 (number of past model outputs used; the first steps use the ones "
+                      "available). One model call per step."}),
         }}
 
     def get_sampler(self, order):
         n = "FewStepDEIS"
-        order = _check_range(n, "order", order, 1, 3, integer=True)
+        order = _check_range(n, "order", order, 1, 4, integer=True)
         return _ksampler("deis", "sample_deis", n, order=order)
 
 

@@ -182,7 +182,7 @@ def test_widget_order_is_stable(comfy):
      r"eta must be a number in \[0.0, 1.0\]"),
     ("FewStepUniPC", dict(variant="bh3", order=3, corrector=True, lower_order_final=True), r"variant must be one of"),
     ("FewStepUniPC", dict(variant="bh2", order=5, corrector=True, lower_order_final=True), r"order must be an integer in \[1, 3\]"),
-    ("FewStepDEIS", dict(order=4), r"FewStepDEIS: order must be an integer in \[1, 3\]"),
+    ("FewStepDEIS", dict(order=5), r"FewStepDEIS: order must be an integer in \[1, 4\]"),
     ("FewStepPNDM", dict(warmup="none"), r"warmup must be one of \['lower', 'rk'\]"),
     ("FewStepEDM", dict(method="rk4", s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0), r"method must be one of"),
     ("FewStepEDM", dict(method="heun", s_churn=0.0, s_tmin=5.0, s_tmax=1.0, s_noise=1.0), r"s_tmin .* must not exceed s_tmax"),

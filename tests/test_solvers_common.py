@@ -149,7 +149,7 @@ def test_bad_orders_and_options():
 @pytest.mark.parametrize("fn,kw,match", [
     ("sample_dpm_solver", {"order": 4}, r"order must be an integer in \[1, 3\]"),
     ("sample_unipc", {"order": 0}, r"order must be an integer in \[1, 3\]"),
-    ("sample_deis", {"order": 5}, r"order must be an integer in \[1, 3\]"),
+    ("sample_deis", {"order": 5}, r"order must be an integer in \[1, 4\]"),
     ("sample_dpmpp_sde", {"order": 4}, r"order must be an integer in \[1, 3\]"),
     ("sample_tcd", {"gamma": 1.5}, r"gamma must be a number in \[0.0, 1.0\]"),
     ("sample_tcd", {"gamma": -0.1}, r"gamma must be a number in \[0.0, 1.0\]"),
