@@ -1,7 +1,7 @@
 """Benchmark: the AYS optimizer's 10-step schedule against the fixed schedules, and against the
 published SD1.5 table.
 
-    python bench/ays.py [--samples 32] [--iterations 4] [--no-write]
+    python bench/ays.py [--samples 32] [--iterations 4] [--ceiling] [--no-write]
 
 On the analytic model (exact denoiser, exact ODE endpoint; no ComfyUI needed): eps (SD1.5's discrete
 sigmas) and flow (shift 3), each at cfg 1 and cfg 5. The optimizer runs as FewStepAYSOptimize runs it
@@ -10,6 +10,9 @@ sigmas) and flow (shift 3), each at cfg 1 and cfg 5. The optimizer runs as FewSt
 ||x_N - x_exact|| / ||x_exact|| over 128 evaluation noises (seed 777, none of them seen by the optimizer),
 x_exact from a float64 RK4 solve. Fixed schedules: Karras (rho 7), logSNR-uniform, time-uniform,
 and the published AYS table (SD1.5's, remapped through logSNR for flow).
+
+"ceiling" (``--ceiling``): a schedule fitted by coordinate search to the evaluation noises themselves,
+starting from the best fixed/published schedule -- a yardstick for what any schedule can reach here.
 
 "optimised, fixed starts only": the optimizer with ``auto_init`` limited to the three fixed schedules,
 to show what the published table contributes as a starting point.
@@ -55,7 +58,7 @@ def evaluator(am, D):
     return err
 
 
-def run_case(family, cfg, samples, iterations):
+def run_case(family, cfg, samples, iterations, with_ceiling=False):
     torch.manual_seed(0)
     am = AnalyticModel(family, 3.0, 8, 0)
     D = am.denoiser(cfg)
@@ -79,16 +82,52 @@ def run_case(family, cfg, samples, iterations):
     # the same, started only from the three fixed schedules (no published table)
     res3 = ays.optimize_ays(D, x0, ms, steps=10, iterations=iterations, seed=0, validation=val, auto_init=FIXED)
     row["optimised_fixed_start"] = err(res3.sigmas)
+    if with_ceiling:
+        row["ceiling"] = ceiling(err, family, ms)
     return row
+
+
+def ceiling(err, family, ms, sweeps=6, grid=26):
+    """The lowest error a local search finds when it fits the interior sigmas to the evaluation noises
+    themselves (coordinate search, ``grid - 2`` candidates per point in lambda between the neighbours,
+    from the best of the fixed schedules and the published table): a yardstick no honest optimiser,
+    which never sees these noises, can be expected to beat."""
+    import numpy as np
+    from fewstep.core import families
+    starts = [get_schedule(n, 10, ms) for n in FIXED] + [ays_sigmas("SD1", 10, 1.0, ms)]
+    s = [float(v) for v in min(starts, key=err)]
+    best = err(s)
+
+    def lam(v):
+        if family == "flow" and v >= 1 - 1e-9:
+            return families.schedule_lambda_top(v, family)
+        return float(families.lam(torch.tensor(v, dtype=torch.float64), family))
+    for _ in range(sweeps):
+        before = best
+        for i in range(1, len(s) - 1):
+            hi = lam(s[i - 1])
+            lo = lam(s[i + 1]) if s[i + 1] > 0 else lam(s[i]) + 3.0
+            for lv in np.linspace(hi, lo, grid)[1:-1]:
+                t = list(s)
+                t[i] = float(families.sigma_from_lam(float(lv), family))
+                if t[i - 1] > t[i] > t[i + 1]:
+                    e = err(t)
+                    if e < best:
+                        best, s = e, t
+        if best > 0.999 * before:
+            break
+    return best
 
 
 LABEL = {"karras": "Karras", "logsnr_uniform": "logSNR-uniform", "time_uniform": "time-uniform", "ays": "AYS table"}
 
 
 def table(rows, samples, iterations) -> str:
+    ceil = all("ceiling" in r for r in rows.values())
     head = ("| case | Karras | logSNR-uniform | time-uniform | AYS SD1.5 table | kept start | **optimised** "
             "| **optimised / best fixed** | optimised / start | optimised, fixed starts only (/ best fixed) "
-            "| model calls | why it stopped |")
+            + ("| ceiling (fitted to the evaluation noises) / best fixed " if ceil else "")
+            + "| model calls | why it stopped |")
     sep = "|" + "---|" * (head.count("|") - 1)
     out = [head, sep]
     for (family, cfg), r in rows.items():
@@ -96,15 +135,15 @@ def table(rows, samples, iterations) -> str:
         cells = ([f"{family} cfg {cfg:g}"] + [f"{r[n]:.4f}" for n in FIXED]
                  + [f"{r['ays_published']:.4f}", f"{LABEL[r['init']]} {r['start']:.4f}", f"**{r['optimised']:.4f}**",
                     f"**{r['optimised'] / best:.2f}**", f"{r['optimised'] / r['start']:.2f}",
-                    f"{r['optimised_fixed_start']:.4f} ({r['optimised_fixed_start'] / best:.2f})",
-                    f"{r['calls']:,}", r["stop"]])
+                    f"{r['optimised_fixed_start']:.4f} ({r['optimised_fixed_start'] / best:.2f})"]
+                 + ([f"{r['ceiling'] / best:.2f}"] if ceil else []) + [f"{r['calls']:,}", r["stop"]])
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append(f"DPM-Solver++(2M), 10 steps; error = ||x - x_exact|| / ||x_exact|| over {EVAL_N} evaluation noises "
                f"no optimiser saw. Optimizer: {samples} teacher samples ({ays.TEACHER_STEPS}-step DPM-Solver++(2M)), "
                f"at most {iterations} sweeps, seed 0; model calls include the teacher. Command: `python bench/ays.py"
                + (f" --samples {samples}" if samples != 32 else "")
-               + (f" --iterations {iterations}" if iterations != 4 else "") + "`.")
+               + (f" --iterations {iterations}" if iterations != 4 else "") + (" --ceiling" if ceil else "") + "`.")
     out.append("")
     out.append("Optimised 10-step schedules (sigmas), and how far each lies from the published SD1.5 table "
                "(remapped through logSNR for flow), as |log(sigma / sigma_table)| over the 9 interior sigmas:")
@@ -148,11 +187,12 @@ def main():
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ceiling", action="store_true", help="also fit a schedule to the evaluation noises (slow)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     rows = {}
     for family, cfg in CASES:
-        rows[(family, cfg)] = r = run_case(family, cfg, a.samples, a.iterations)
+        rows[(family, cfg)] = r = run_case(family, cfg, a.samples, a.iterations, a.ceiling)
         print(f"{family} cfg {cfg:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)),
               flush=True)
     text = table(rows, a.samples, a.iterations)

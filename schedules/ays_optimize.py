@@ -290,7 +290,7 @@ def _local(est: KLUBEstimator, s: list, i: int, order: int) -> torch.Tensor:
 
 def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, candidates: int,
             table: torch.Tensor | None, z: float, tol: float, window: float, shrink: float, tick: Callable,
-            order: int, validate: Callable | None, patience: int, accept: str = "move"):
+            order: int, validate: Callable | None, patience: int, accept: str = "move", tries: int = 1):
     """Coordinate sweeps on one level. Returns (schedule, klub0, klub1, sweeps, reason, val0, val1)."""
     fam = ms.family
     n = len(sched) - 1
@@ -320,25 +320,28 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
                 if lo < s < hi and s not in cands and s != cur:
                     cands.append(s)
             base = _local(est, sched, i, order)
-            best, best_gain = cur, 0.0
+            proposals = []                            # (gain in the bound, candidate), significant ones
             for s in cands:
                 trial = list(sched)
                 trial[i] = s
                 d = _local(est, trial, i, order) - base   # paired over samples
                 mean = float(d.mean())
                 se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-                if mean < -z * se and -mean > best_gain:
-                    best, best_gain = s, -mean
-            if best != cur and per_move:
-                trial = list(sched)
-                trial[i] = best
-                v = validate(trial)
-                d = v - cur_val                       # paired over the validation pairs
-                se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-                if float(d.mean()) < -z * se:
-                    cur_val = v
-                else:
-                    best = cur
+                if mean < -z * se:
+                    proposals.append((-mean, s))
+            proposals.sort(reverse=True)
+            best = proposals[0][1] if proposals else cur
+            if per_move and proposals:
+                best = cur
+                for _, s in proposals[:tries]:        # the bound's best proposals, best first
+                    trial = list(sched)
+                    trial[i] = s
+                    v = validate(trial)
+                    d = v - cur_val                   # paired over the validation pairs
+                    se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+                    if float(d.mean()) < -z * se:
+                        best, cur_val = s, v
+                        break
                     rejected += 1
             if best != cur:
                 sched[i] = best
@@ -381,7 +384,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                  batch_size: int | None = None, validation: tuple | None = None, solver: Callable | None = None,
                  init: str = "auto", order: int = 1, z: float = 1.0, tol: float = 0.005,
                  window: float = 0.5, shrink: float = 0.85, patience: int = 2, accept: str = "move",
-                 auto_init: tuple = AUTO_INIT,
+                 auto_init: tuple = AUTO_INIT, tries: int = 1,
                  progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
     """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
 
@@ -404,6 +407,8 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
 
     ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
     denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
+    ``tries``: with ``accept="move"``, how many of the bound's best proposals for a point are checked
+    against the validation pairs, best first (1: only the best).
     Deterministic for a given ``seed``.
     """
     from ._common import check_steps
@@ -456,7 +461,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
 
     def refine(sched, n):
         out = _refine(est, snapped(sched), ms, iterations, candidates, table, z, tol, window, shrink, tick, order,
-                      validate, patience, accept)
+                      validate, patience, accept, tries)
         done[0] += (iterations - out[3]) * (n - 1)   # unused sweeps count as done for the progress bar
         if progress is not None:
             progress(done[0], total_ticks)
