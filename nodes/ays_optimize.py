@@ -61,23 +61,32 @@ def latent_channels(model) -> int:
     return int(model.model.latent_format.latent_channels)
 
 
-def data_from_latent(model, latent_image, samples: int):
-    """(data latents or None, latent H x W) from the optional LATENT.
+def latent_dims(model) -> int:
+    return int(getattr(model.model.latent_format, "latent_dimensions", 2))
 
-    An all-zero latent (Empty Latent Image) only gives the size of the teacher samples; any other
-    latent (VAE-encoded images) is the data: its first ``samples`` latents, in the model's space."""
+
+def data_from_latent(model, latent_image, samples: int):
+    """(data latents or None, the per-latent size after the channels) from the optional LATENT.
+
+    An all-zero latent (Empty Latent Image, or a video model's empty latent) only gives the size of the
+    teacher samples; any other latent (VAE-encoded images) is the data: its first ``samples``
+    latents, in the model's space."""
     want = latent_channels(model)
+    dims = latent_dims(model)
     if latent_image is None:
+        if dims != 2:
+            raise ValueError(f"{NODE}: this model's latents have {dims} dimensions after the channels (video or "
+                             "audio): connect latent_image (an empty latent of the size you sample at)")
         return None, DEFAULT_LATENT_HW
     if not isinstance(latent_image, dict) or "samples" not in latent_image:
         raise ValueError(f"{NODE}: latent_image is not a LATENT")
     lat = latent_image["samples"]
-    if lat.ndim != 4:
-        raise ValueError(f"{NODE}: latent_image must be an image latent (batch, channels, height, width), got "
+    if lat.ndim != dims + 2:
+        raise ValueError(f"{NODE}: latent_image must have shape (batch, channels, {dims} sizes) for this model, got "
                          f"shape {tuple(lat.shape)}")
-    hw = (int(lat.shape[-2]), int(lat.shape[-1]))
+    size = tuple(int(v) for v in lat.shape[2:])
     if not bool(lat.any()):
-        return None, hw
+        return None, size
     if lat.shape[1] != want:
         raise ValueError(f"{NODE}: latent_image has {lat.shape[1]} channels, but this model's latents have {want} "
                          "(encode the images with this model's VAE)")
@@ -87,7 +96,7 @@ def data_from_latent(model, latent_image, samples: int):
         raise ValueError(f"{NODE}: samples is {samples}, but latent_image holds only {lat.shape[0]} latents: lower "
                          f"samples to at most {lat.shape[0]} (at least {core.MIN_SAMPLES}) or encode more images")
     x0 = model.model.process_latent_in(lat[:samples].float())
-    return x0, hw
+    return x0, size
 
 
 def is_discrete(model) -> bool:
@@ -155,9 +164,9 @@ class FewStepAYSOptimize:
             raise ValueError(f"{NODE}: cfg must be in [0, 100], got {cfg!r}")
         seed = _int(seed, 0, 0xffffffffffffffff, "seed")
         name = check_name(name)
-        x0_data, hw = data_from_latent(model, latent_image, samples)
+        x0_data, size = data_from_latent(model, latent_image, samples)
         ms = model_sigmas_of(model)
-        shape = (latent_channels(model),) + tuple(hw)
+        shape = (latent_channels(model),) + tuple(size)
         n_val = min(samples, VALIDATION_PAIRS) if x0_data is None else min(max(2, samples // 4), VALIDATION_PAIRS)
         n_teacher = samples if x0_data is None else n_val
         levels = core.levels_for(steps)

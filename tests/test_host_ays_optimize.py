@@ -80,6 +80,8 @@ def test_data_latents_are_used_and_checked(comfy, ays_dir):
     assert len(sig) == 11 and float(sig[-1]) == 0
     with pytest.raises(ValueError, match="channels"):
         _optimize(comfy, model, pos, neg, {"samples": torch.randn(4, 3, 8, 8)})
+    with pytest.raises(ValueError, match=r"must have shape \(batch, channels, 2 sizes\)"):
+        _optimize(comfy, model, pos, neg, {"samples": torch.randn(4, 4, 2, 8, 8)})
     with pytest.raises(ValueError, match=r"samples is 8, but latent_image holds only 6"):
         _optimize(comfy, model, pos, neg, {"samples": data}, samples=8)
     nan = data.clone()
