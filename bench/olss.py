@@ -6,7 +6,7 @@
 On the analytic model (exact denoiser, exact ODE endpoint), inside a real in-process ComfyUI (CPU), with
 the same cases, noise, metric and competitor search as bench/solvers.py (imported from it): eps (SD1.5
 sigmas) and flow (shift 3), each at cfg 1 and cfg 5; error = ||x_N - x_exact|| / ||x_exact|| over a batch
-of 4 seeds drawn from generator seed 1234, x_exact from a float64 RK4 solve from the same initial state.
+of --eval-batch seeds (default 32) drawn from generator seed 1234, x_exact from a float64 RK4 solve from the same initial state.
 
 OLSS is trained with the FewStepOLSSTrain node (teacher recorded through ComfyUI's sampling path:
 DPM-Solver++(2M), 200 steps, Karras) on 16 noise seeds 0..15 — drawn by ComfyUI's prepare_noise, so
@@ -217,7 +217,7 @@ def main(argv=None):
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--memory", action="store_true", help="measure peak memory of the streamed fit and exit")
     ap.add_argument("--eval-batch", type=int, default=32,
-                    help="evaluation seeds (batch of the evaluation noise; bench/solvers.py uses 4)")
+                    help="evaluation seeds (batch of the evaluation noise; bench/solvers.py defaults to 64)")
     ap.add_argument("--memory-samples", type=int, default=16)
     ap.add_argument("--memory-one", choices=["keep", "stream"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -244,8 +244,8 @@ def main(argv=None):
             write_doc(line, "<!-- bench:olss-memory:start -->", "<!-- bench:olss-memory:end -->")
         return 0
     sb = load_solver_bench()
-    # a larger evaluation batch than bench/solvers.py's 4 seeds: with 4 the ranking of methods whose
-    # errors are within ~2x of each other flips with the seed (checked on 32 seeds)
+    # the evaluation batch: with few seeds the ranking of methods whose errors are within ~2x of each
+    # other flips with the draw (see docs/solvers.md)
     sb.SHAPE = (args.eval_batch,) + tuple(sb.SHAPE[1:])
     host = sb.import_host()
     import folder_paths

@@ -62,11 +62,10 @@ register("unipc_bh1", SolverSpec(sample_unipc, {"variant": "bh1", "order": 3}, 3
 register("unipc_bh2", SolverSpec(sample_unipc, {"variant": "bh2", "order": 3}, 3, False,
                                  "UniPC bh2, order 3, UniC corrector (asymptotic order 3 with the order-1 start; "
                                  "4 for the UniC-3 steps)"))
-for _k in (1, 2, 3):
+for _k in (1, 2, 3, 4):
     register(f"deis_{_k}", SolverSpec(sample_deis, {"order": _k}, _k, False,
                                       f"DEIS tAB{_k}, coefficients for the actual grid and family"
-                                      + (" (paper's first-order start: asymptotic order 2; warmup='singlestep' "
-                                         "gives 3)" if _k == 3 else "")))
+                                      + (" (paper's first-order start: asymptotic order 2)" if _k >= 3 else "")))
 register("pndm", SolverSpec(sample_pndm, {"warmup": "rk"}, 4, False,
                             "PNDM/PLMS in rho = sigma/alpha with a pseudo Runge-Kutta warm-up (4 calls per warm-up "
                             "step); order 4 on rho-uniform steps, 2 on other smooth grids"))
