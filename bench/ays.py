@@ -1,7 +1,7 @@
 """Benchmark: the AYS optimizer's 10-step schedule against the fixed schedules, and against the
 published SD1.5 table.
 
-    python bench/ays.py [--samples 32] [--iterations 4] [--ceiling] [--no-write]
+    python bench/ays.py [--samples 32] [--iterations 4] [--validation-pairs 32] [--ceiling] [--no-write]
 
 On the analytic model (exact denoiser, exact ODE endpoint; no ComfyUI needed): eps (SD1.5's discrete
 sigmas) and flow (shift 3), each at cfg 1 and cfg 5. The optimizer runs as FewStepAYSOptimize runs it
@@ -218,9 +218,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--validation-pairs", type=int, default=ays.VALIDATION_PAIRS,
+                    help="teacher pairs that validate every move (the node uses up to 32)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--ceiling", action="store_true", help="also fit a schedule to the evaluation noises (slow)")
     a = ap.parse_args()
+    if a.validation_pairs != ays.VALIDATION_PAIRS:
+        if a.validation_pairs < 1:
+            ap.error("--validation-pairs must be >= 1")
+        ays.VALIDATION_PAIRS = a.validation_pairs
+        a.no_write = True   # the docs table is the node's setting
     torch.set_num_threads(1)
     rows = {}
     for family, cfg in CASES:
