@@ -140,7 +140,8 @@ class FewStepScheduler:
                          "karras: EDM's rho-spaced sigmas. logsnr_uniform: uniform in log(alpha/sigma) of the "
                          "model's family. time_uniform: uniform in the model's timesteps. time_quadratic: "
                          "DPM-Solver's quadratic time steps. polyexponential: polynomial in log sigma (rho 1 = "
-                         "log-uniform). ays: the SD1.5 Align-Your-Steps table remapped onto the model."}),
+                         "log-uniform). ays: the SD1.5 Align-Your-Steps table remapped onto the model. beta: Beta Sampling "
+                         "(Lee et al. 2024), timesteps at Beta(0.6, 0.6) quantiles: dense at both ends."}),
             "steps": ("INT", {"default": 10, "min": 1, "max": 10000, "tooltip": "Steps actually run (as KSampler)."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
                         "Fraction of the schedule to run (img2img): the last `steps` of a schedule of steps/denoise steps."}),

@@ -10,10 +10,11 @@ import torch
 
 from ..core.model_sigmas import ModelSigmas
 from . import basic
+from .beta import beta_schedule
 from ._common import check_denoise, check_positive, check_steps, with_denoise
 from .ays import AYS_MODEL_TYPES, ays_full, ays_table, loglinear_interp
 
-SCHEDULE_NAMES = ("karras", "logsnr_uniform", "time_uniform", "time_quadratic", "polyexponential", "ays")
+SCHEDULE_NAMES = ("karras", "logsnr_uniform", "time_uniform", "time_quadratic", "polyexponential", "ays", "beta")
 #: default rho per schedule (only karras and polyexponential use it)
 DEFAULT_RHO = {"karras": 7.0, "polyexponential": 1.0}
 RHO_USERS = tuple(DEFAULT_RHO)
@@ -36,6 +37,7 @@ def get_schedule(name: str, steps: int, model_sigmas: ModelSigmas, denoise: floa
         "time_quadratic": lambda n: basic.time_quadratic(n, ms),
         "polyexponential": lambda n: basic.polyexponential(n, ms, rho),
         "ays": lambda n: ays_full(ays_model_type, n, ms),
+        "beta": lambda n: beta_schedule(n, ms),
     }
     return with_denoise(builders[name], steps, denoise)
 

@@ -57,6 +57,27 @@ def test_scheduler_node_and_ksampler_entry_agree(comfy):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_beta_schedule_is_comfyuis_beta_before_rounding(comfy, family):
+    """FewStep's beta schedule takes the Beta(0.6, 0.6) quantiles in continuous model time; ComfyUI's
+    `beta` scheduler rounds them to the model's integer timesteps. Each of our times is within half a
+    timestep of ComfyUI's."""
+    import comfy.samplers as cs
+    from fewstep.core.model_sigmas import ModelSigmas
+    model, _, _, _ = comfy.NODES["FewStepAnalyticModel"]().build(family, 3.0, 8, 0, 8)
+    node = comfy.NODES["FewStepScheduler"]()
+    ms_c = model.get_model_object("model_sampling")
+    ms = ModelSigmas.from_model_sampling(ms_c)
+    last = ms.table.numel() - 1
+    for steps in (4, 10, 25):
+        ours = node.get_sigmas(model, "beta", steps, 1.0, 7.0)[0].double()
+        theirs = cs.calculate_sigmas(ms_c, "beta", steps).double()
+        assert ours.shape == theirs.shape and ours[-1] == 0 and theirs[-1] == 0
+        gap = (ms.time_of(ours[:-1]) - ms.time_of(theirs[:-1])).abs() * last
+        assert float(gap.max()) <= 0.5 + 1e-3, (family, steps, gap)
+        assert float(gap.max()) > 0  # not rounded: a real difference from the built-in
+
+
 @pytest.mark.parametrize("args, match", [
     (dict(steps=0), "steps must be in"),
     (dict(denoise=0.0), "denoise must be in"),

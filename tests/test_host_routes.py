@@ -34,7 +34,7 @@ def test_ays_equals_node_without_model(comfy, routes, model_type, steps, denoise
 
 @pytest.mark.parametrize("family,shift", [("eps", None), ("flow", 3.0), ("flow", 1.0)])
 @pytest.mark.parametrize("schedule,rho", [("karras", 7.0), ("logsnr_uniform", None), ("time_uniform", None),
-                                          ("time_quadratic", None), ("polyexponential", 1.5), ("ays", None)])
+                                          ("time_quadratic", None), ("polyexponential", 1.5), ("ays", None), ("beta", None)])
 def test_fewstep_scheduler_equals_node_on_analytic_model(comfy, routes, family, shift, schedule, rho):
     from fewstep.nodes.analytic import make_analytic_patcher
     model, _, _ = make_analytic_patcher(family, shift or 3.0)
