@@ -13,7 +13,7 @@ log sigma) from the same initial state. Built-in: every KSampler sampler (but dp
 NFE is adaptive, and the *_gpu copies of CPU samplers) x every built-in scheduler, stochastic ones
 included (they do not solve the ODE, so they lose on this metric). FewStep: every deterministic
 FewStep solver node configuration (first-order ones once: DDIM = DPM-Solver-1 = DEIS-1 = Euler) x every FewStepScheduler schedule (karras rho 7, polyexponential
-rho 1, ays), and, reported apart, the same solvers on ComfyUI's built-in schedulers (a FewStep solver
+rho 1, ays, beta), and, reported apart, the same solvers on ComfyUI's built-in schedulers (a FewStep solver
 node takes any SIGMAS). On both sides a schedule counts only if it starts at the model's sigma_max,
 i.e. from pure noise (Case.run).
 
@@ -71,7 +71,7 @@ FEWSTEP_SOLVERS = (
     + [("FewStepEDM", dict(method="heun", **_EDM), "edm_heun")]
 )
 FEWSTEP_SCHEDULES = [("karras", 7.0), ("logsnr_uniform", 7.0), ("time_uniform", 7.0), ("time_quadratic", 7.0),
-                     ("polyexponential", 1.0), ("ays", 7.0)]
+                     ("polyexponential", 1.0), ("ays", 7.0), ("beta", 7.0)]
 #: FewStep's solver nodes also run on ComfyUI's schedulers (BasicScheduler): searched too, reported apart
 COMFY_SCHEDULE_PREFIX = "comfy:"
 
