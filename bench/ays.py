@@ -81,7 +81,7 @@ def ratio_interval(a: torch.Tensor, b: torch.Tensor, level: float = 0.9) -> tupl
     return float(q[0]), float(q[1])
 
 
-def run_case(family, cfg, samples, iterations, with_ceiling=False):
+def run_case(family, cfg, samples, iterations, with_ceiling=False, validation_pairs=ays.VALIDATION_PAIRS):
     torch.manual_seed(0)
     am = AnalyticModel(family, 3.0, 8, 0)
     D = am.denoiser(cfg)
@@ -91,7 +91,7 @@ def run_case(family, cfg, samples, iterations, with_ceiling=False):
     row["ays_published"] = err(ays_sigmas("SD1", 10, 1.0, ms))
     t0 = time.perf_counter()
     x_T, x0 = ays.teacher_samples(D, ms, samples, SHAPE, seed=0, dtype=torch.float64)
-    n_val = min(samples, ays.VALIDATION_PAIRS)
+    n_val = min(samples, validation_pairs)
     val = (x_T[:n_val], x0[:n_val])
     res = ays.optimize_ays(D, x0, ms, steps=10, iterations=iterations, seed=0, validation=val)
     row["seconds"] = time.perf_counter() - t0
@@ -223,15 +223,14 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--ceiling", action="store_true", help="also fit a schedule to the evaluation noises (slow)")
     a = ap.parse_args()
+    if a.validation_pairs < 1:
+        ap.error("--validation-pairs must be >= 1")
     if a.validation_pairs != ays.VALIDATION_PAIRS:
-        if a.validation_pairs < 1:
-            ap.error("--validation-pairs must be >= 1")
-        ays.VALIDATION_PAIRS = a.validation_pairs
         a.no_write = True   # the docs table is the node's setting
     torch.set_num_threads(1)
     rows = {}
     for family, cfg in CASES:
-        rows[(family, cfg)] = r = run_case(family, cfg, a.samples, a.iterations, a.ceiling)
+        rows[(family, cfg)] = r = run_case(family, cfg, a.samples, a.iterations, a.ceiling, a.validation_pairs)
         print(f"{family} cfg {cfg:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)),
               flush=True)
     text = table(rows, a.samples, a.iterations)

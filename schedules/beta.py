@@ -19,18 +19,13 @@ import numpy as np
 import torch
 
 from ..core.model_sigmas import ModelSigmas
+from ._common import check_positive
+from .basic import _append_zero
 
 DEFAULT_ALPHA = 0.6
 DEFAULT_BETA = 0.6
 _TINY = 1e-300
 _EPS = 1e-15
-
-
-def _check_shape(value, widget: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not (0.0 < value <= 100.0):
-        raise ValueError(f"{widget} must be in (0, 100], got {value!r}")
-    return float(value)
 
 
 def _cont_frac(x: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -87,13 +82,12 @@ def beta_ppf(q, a: float, b: float) -> np.ndarray:
 
 def beta_times(n: int, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> np.ndarray:
     """The n model times F^{-1}(1 - i/n), i = 0 .. n-1, from 1 down (float64)."""
-    a = _check_shape(alpha, "alpha")
-    b = _check_shape(beta, "beta")
+    a = check_positive(alpha, "alpha", 0.0, 100.0)
+    b = check_positive(beta, "beta", 0.0, 100.0)
     return beta_ppf(1.0 - np.arange(n, dtype=np.float64) / n, a, b)
 
 
 def beta_schedule(n: int, ms: ModelSigmas, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> torch.Tensor:
     """n + 1 float64 sigmas: the model's sigma at each beta time, then 0."""
     u = torch.from_numpy(beta_times(n, alpha, beta))
-    s = ms.sigma_at(u).to(torch.float64)
-    return torch.cat([s, s.new_zeros(1)])
+    return _append_zero(ms.sigma_at(u).to(torch.float64))
