@@ -223,3 +223,90 @@ def test_initial_schedules_end_at_sigma_min_and_ays_is_the_published_table():
     with pytest.raises(ValueError, match="auto_init"):
         am, D, x0, val = _mixture_setup("eps", n=4, val=2)
         ays.optimize_ays(D, x0, ms, auto_init=("nope",))
+
+
+# --- stage 2: alignment to the solver ---------------------------------------------------------------
+@pytest.mark.parametrize("solver", ays.ALIGN_SOLVERS)
+def test_prefix_cache_gives_exactly_the_uncached_errors(solver):
+    """A trial that first differs from the adopted schedule at index i replays the first i denoiser
+    outputs: identical per-pair errors to sampling from scratch, and fewer model calls."""
+    am, D, x0, (x_T, x_ref) = _mixture_setup("eps", n=6, val=6)
+    ms = am.model_sigmas
+    fn = ays._solver_fn(solver, "eps")
+    base = ays.initial_schedule(10, ms, "karras")
+    calls = {"cached": 0, "plain": 0, "small": 0}
+
+    def counter(key):
+        def count(k):
+            calls[key] += k
+        return count
+
+    cached = ays.TeacherError(D, (x_T, x_ref), "eps", fn, 4, None, counter("cached"), cache=True)
+    plain = ays.TeacherError(D, (x_T, x_ref), "eps", fn, 4, None, counter("plain"), cache=False)
+    small = ays.TeacherError(D, (x_T, x_ref), "eps", fn, 4, None, counter("small"), cache=True,
+                             cache_bytes=3 * 3 * x_T[0].numel() * x_T.element_size() * x_T.shape[0])  # 3 calls
+    for te in (cached, small):
+        te.adopt(te.trial(base, 0)[1])
+    sched = list(base)
+    for i in (7, 3, 5):                       # adopt moves, as stage 2 does
+        trial = list(sched)
+        trial[i] = math.sqrt(sched[i] * sched[i + 1])
+        before = dict(calls)
+        e_c, r_c = cached.trial(trial, i)
+        e_s, r_s = small.trial(trial, i)
+        e_p = plain(trial)
+        assert torch.equal(e_c, e_p) and torch.equal(e_s, e_p)
+        made = {k: calls[k] - before[k] for k in calls}
+        assert made["cached"] == made["plain"] - i * x_T.shape[0]
+        assert made["small"] == made["plain"] - min(i, 3) * x_T.shape[0]
+        cached.adopt(r_c)
+        small.adopt(r_s)
+        sched = trial
+    assert not bool((e_p == 0).all())
+
+
+def _held_out(am, D, n=96, seed=123, shape=(4, 8, 8)):
+    from fewstep.core.analytic import reference_solve
+    from fewstep.samplers.dpm_solver_pp import sample_dpmpp_multistep
+    ms = am.model_sigmas
+    xT = am.noise((n,) + shape, seed=seed) * ms.sigma_max
+    ref = reference_solve(D, xT, ms.sigma_max, steps=200)
+
+    def err(sig):
+        out = sample_dpmpp_multistep(D, xT.clone(), torch.as_tensor(sig, dtype=torch.float64), family=am.family,
+                                     order=2)
+        return float((out - ref).pow(2).sum() / ref.pow(2).sum()) ** 0.5
+    return err
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_alignment_lowers_the_error_against_the_exact_solution_on_noises_it_never_saw(family):
+    am, D, x0, val = _mixture_setup(family, n=96, val=96)
+    res = ays.optimize_ays(D, x0, am.model_sigmas, steps=10, iterations=4, seed=0, validation=val, align="dpmpp_2m")
+    a0, a1, sweeps, why = res.aligned[10]
+    assert a1 < a0 and 1 <= sweeps <= 4 and why
+    stage1 = res.klub_only[10].clone()
+    stage1[-1] = 0.0
+    err = _held_out(am, D)
+    assert err(res.sigmas) < 0.95 * err(stage1)
+    lv = res.levels[10]
+    assert float(lv[0]) == am.sigma_max and float(lv[-1]) == am.sigma_min   # endpoints stay fixed
+    assert bool((lv[1:] < lv[:-1]).all())
+
+
+def test_alignment_is_deterministic_reports_progress_and_checks_its_input():
+    am, D, x0, val = _mixture_setup("flow", n=8, val=8)
+    seen = []
+    runs = [ays.optimize_ays(D, x0, am.model_sigmas, steps=10, iterations=2, candidates=5, seed=3, validation=val,
+                             align="dpmpp_2m", progress=lambda d, t: seen.append((d, t))) for _ in range(2)]
+    assert torch.equal(runs[0].sigmas, runs[1].sigmas) and runs[0].aligned == runs[1].aligned
+    assert runs[0].align == "dpmpp_2m" and sorted(runs[0].klub_only) == [10]
+    n_seen = len(seen) // 2
+    assert seen[n_seen - 1][0] == seen[n_seen - 1][1] == 2 * 9 * 3   # 2 starts + stage 2, 2 sweeps, 9 points
+    assert [d for d, _ in seen[:n_seen]] == sorted(d for d, _ in seen[:n_seen])
+    with pytest.raises(ValueError, match="align"):
+        ays.optimize_ays(D, x0, am.model_sigmas, validation=val, align="heun")
+    with pytest.raises(ValueError, match="validation"):
+        ays.optimize_ays(D, x0, am.model_sigmas, align="dpmpp_2m")
+    with pytest.raises(ValueError, match="align_candidates"):
+        ays.optimize_ays(D, x0, am.model_sigmas, validation=val, align="dpmpp_2m", align_candidates=1)
