@@ -136,3 +136,18 @@ def test_preview_route_draws_a_saved_schedule(comfy, ays_dir):
     assert got == pytest.approx([float(v) for v in sig], rel=1e-6)
     with pytest.raises(routes.QueryError, match="not in models/fewstep_ays"):
         routes.sigmas_for_query({"schedule": "ays", "steps": "10", "saved_schedule": "absent.safetensors"})
+
+
+def test_align_to_refines_for_the_chosen_solver_and_none_is_the_papers_method(comfy, ays_dir):
+    from fewstep.core.io import load_checked
+    from fewstep.nodes.ays_optimize import ALIGN_NONE
+    model, pos, neg, latent = _analytic(comfy, "flow")
+    kw = dict(samples=16, iterations=3)
+    paper = _optimize(comfy, model, pos, neg, latent, name="paper", align_to=ALIGN_NONE, **kw)
+    aligned = _optimize(comfy, model, pos, neg, latent, name="aligned", **kw)           # default: dpmpp_2m
+    assert not torch.equal(paper, aligned)
+    _, meta_p = load_checked(ays_dir / "paper.safetensors", "AYS schedule")
+    _, meta_a = load_checked(ays_dir / "aligned.safetensors", "AYS schedule")
+    assert meta_p["align_to"] == ALIGN_NONE and meta_a["align_to"] == "dpmpp_2m"
+    with pytest.raises(ValueError, match=r"align_to must be one of \['dpmpp_2m'"):
+        _optimize(comfy, model, pos, neg, latent, align_to="heun")
