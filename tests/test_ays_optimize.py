@@ -304,6 +304,13 @@ def test_alignment_is_deterministic_reports_progress_and_checks_its_input():
     n_seen = len(seen) // 2
     assert seen[n_seen - 1][0] == seen[n_seen - 1][1] == 2 * 9 * 3   # 2 starts + stage 2, 2 sweeps, 9 points
     assert [d for d, _ in seen[:n_seen]] == sorted(d for d, _ in seen[:n_seen])
+    # more than 10 steps: every level is aligned, the finer one from the aligned coarser one
+    r12 = ays.optimize_ays(D, x0, am.model_sigmas, steps=12, iterations=1, candidates=5, seed=3, validation=val,
+                           align="euler", align_candidates=5)
+    assert sorted(r12.aligned) == sorted(r12.klub_only) == sorted(r12.levels) == [10, 20]
+    assert len(r12.sigmas) == 13 and r12.align == "euler"
+    for n, (e0, e1, _, _) in r12.aligned.items():
+        assert e1 <= e0
     with pytest.raises(ValueError, match="align"):
         ays.optimize_ays(D, x0, am.model_sigmas, validation=val, align="heun")
     with pytest.raises(ValueError, match="validation"):
