@@ -143,7 +143,8 @@ class FewStepAYSOptimize:
                         f"({TEACHER_STEPS}-step DPM-Solver++(2M)): the data latents of the Monte-Carlo estimate "
                         "(unless a non-empty latent_image gives them) and the pairs align_to refines on. More "
                         "samples: a schedule that holds for more seeds; the cost grows linearly. 32 is quick; "
-                        "128-512 when the schedule will be used a lot."}),
+                        "128-512 when the schedule will be used a lot. align_to needs at least "
+                        f"{core.ALIGN_MIN_PAIRS}."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip":
                      "Seed of the teacher noise and of the estimator's random numbers: the same seed gives the "
                      "same schedule."}),
@@ -161,7 +162,8 @@ class FewStepAYSOptimize:
                          "schedule on the sampling error of the teacher samples with this solver, one sigma at a "
                          "time, keeping significant improvements only. Pick the solver you will sample with "
                          "(dpmpp_2m = DPM++ 2M). The bound bounds the stochastic sampler's error, not an ODE "
-                         f"solver's; this stage closes the gap. \"{ALIGN_NONE}\": the paper's method alone."}),
+                         f"solver's; this stage closes the gap. Needs samples >= {core.ALIGN_MIN_PAIRS}. "
+                         f"\"{ALIGN_NONE}\": the paper's method alone."}),
         }}
 
     def optimize(self, model, positive, negative, cfg, steps, iterations, samples, seed, name, latent_image=None,
@@ -179,6 +181,11 @@ class FewStepAYSOptimize:
         if align_to not in ALIGN_CHOICES:
             raise ValueError(f"{NODE}: align_to must be one of {list(ALIGN_CHOICES)}, got {align_to!r}")
         align = None if align_to == ALIGN_NONE else align_to
+        if align is not None and samples < core.ALIGN_MIN_PAIRS:
+            raise ValueError(f"{NODE}: samples is {samples}, but align_to {align_to} needs at least "
+                             f"{core.ALIGN_MIN_PAIRS} teacher samples (with fewer it fits them and samples other "
+                             f"seeds worse): raise samples to {core.ALIGN_MIN_PAIRS} or more, or set align_to to "
+                             f"\"{ALIGN_NONE}\"")
         x0_data, size = data_from_latent(model, latent_image, samples)
         ms = model_sigmas_of(model)
         shape = (latent_channels(model),) + tuple(size)

@@ -295,7 +295,7 @@ def test_alignment_lowers_the_error_against_the_exact_solution_on_noises_it_neve
 
 
 def test_alignment_is_deterministic_reports_progress_and_checks_its_input():
-    am, D, x0, val = _mixture_setup("flow", n=8, val=8)
+    am, D, x0, val = _mixture_setup("flow", n=32, val=32)
     seen = []
     runs = [ays.optimize_ays(D, x0, am.model_sigmas, steps=10, iterations=2, candidates=5, seed=3, validation=val,
                              align="dpmpp_2m", progress=lambda d, t: seen.append((d, t))) for _ in range(2)]
@@ -317,3 +317,5 @@ def test_alignment_is_deterministic_reports_progress_and_checks_its_input():
         ays.optimize_ays(D, x0, am.model_sigmas, align="dpmpp_2m")
     with pytest.raises(ValueError, match="align_candidates"):
         ays.optimize_ays(D, x0, am.model_sigmas, validation=val, align="dpmpp_2m", align_candidates=1)
+    with pytest.raises(ValueError, match=f"at least {ays.ALIGN_MIN_PAIRS} validation pairs, got 31"):
+        ays.optimize_ays(D, x0, am.model_sigmas, validation=(val[0][:31], val[1][:31]), align="dpmpp_2m")

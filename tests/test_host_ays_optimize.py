@@ -5,7 +5,7 @@ import torch
 
 pytestmark = pytest.mark.host
 
-LIGHT = dict(cfg=3.0, steps=10, iterations=2, samples=4, seed=3)
+LIGHT = dict(cfg=3.0, steps=10, iterations=2, samples=4, seed=3, align_to="none (the paper's bound only)")
 
 
 @pytest.fixture
@@ -142,12 +142,18 @@ def test_align_to_refines_for_the_chosen_solver_and_none_is_the_papers_method(co
     from fewstep.core.io import load_checked
     from fewstep.nodes.ays_optimize import ALIGN_NONE
     model, pos, neg, latent = _analytic(comfy, "flow")
-    kw = dict(samples=16, iterations=3)
+    kw = dict(samples=32, iterations=3)
     paper = _optimize(comfy, model, pos, neg, latent, name="paper", align_to=ALIGN_NONE, **kw)
-    aligned = _optimize(comfy, model, pos, neg, latent, name="aligned", **kw)           # default: dpmpp_2m
+    aligned = _optimize(comfy, model, pos, neg, latent, name="aligned", align_to="dpmpp_2m", **kw)
     assert not torch.equal(paper, aligned)
     _, meta_p = load_checked(ays_dir / "paper.safetensors", "AYS schedule")
     _, meta_a = load_checked(ays_dir / "aligned.safetensors", "AYS schedule")
     assert meta_p["align_to"] == ALIGN_NONE and meta_a["align_to"] == "dpmpp_2m"
     with pytest.raises(ValueError, match=r"align_to must be one of \['dpmpp_2m'"):
         _optimize(comfy, model, pos, neg, latent, align_to="heun")
+    with pytest.raises(ValueError, match=r"samples is 31, but align_to dpmpp_2m needs at least 32"):
+        _optimize(comfy, model, pos, neg, latent, align_to="dpmpp_2m", samples=31)
+    # a call without align_to (an API workflow saved before it existed) gets the default, dpmpp_2m
+    import inspect
+    from fewstep.nodes.ays_optimize import FewStepAYSOptimize
+    assert inspect.signature(FewStepAYSOptimize.optimize).parameters["align_to"].default == "dpmpp_2m"
