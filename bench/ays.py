@@ -98,20 +98,28 @@ def case_model(family, cfg):
     return _EVALUATORS[key]
 
 
-def run_case(family, cfg, samples, iterations, with_ceiling=False, seed=0):
-    """One case as FewStepAYSOptimize runs it with its default align_to (dpmpp_2m): ``samples`` teacher
-    pairs, the paper's bound (stage 1) then alignment to DPM-Solver++(2M) on every pair (stage 2).
-    ``seed``: the node's seed widget (teacher noise and the estimator's random numbers)."""
+def optimise(family, cfg, samples, iterations, seed=0):
+    """The optimizer as FewStepAYSOptimize runs it with its default align_to (dpmpp_2m): ``samples``
+    teacher pairs, the paper's bound (stage 1) then alignment to DPM-Solver++(2M) on every pair (stage 2).
+    ``seed``: the node's seed widget (teacher noise and the estimator's random numbers). -> (AYSResult,
+    seconds)."""
     torch.manual_seed(0)
-    am, D, err = case_model(family, cfg)
+    am, D, _ = case_model(family, cfg)
     ms = am.model_sigmas
-    row = {name: err(get_schedule(name, 10, ms)) for name in FIXED}
-    row["ays_published"] = err(ays_sigmas("SD1", 10, 1.0, ms))
     t0 = time.perf_counter()
     x_T, x0 = ays.teacher_samples(D, ms, samples, SHAPE, seed=seed, dtype=torch.float64)
     res = ays.optimize_ays(D, x0, ms, steps=10, iterations=iterations, seed=seed, validation=(x_T, x0),
                            align="dpmpp_2m")
-    row["seconds"] = time.perf_counter() - t0
+    return res, time.perf_counter() - t0
+
+
+def run_case(family, cfg, samples, iterations, with_ceiling=False):
+    """One case in full for the node's seed 0: the fixed schedules, both stages, intervals, the start."""
+    am, D, err = case_model(family, cfg)
+    ms = am.model_sigmas
+    row = {name: err(get_schedule(name, 10, ms)) for name in FIXED}
+    row["ays_published"] = err(ays_sigmas("SD1", 10, 1.0, ms))
+    res, row["seconds"] = optimise(family, cfg, samples, iterations)
     row["calls"] = res.evaluations + samples * ays.TEACHER_STEPS
     row["optimised"] = err(res.sigmas)
     row["sigmas"] = res.sigmas
@@ -274,8 +282,10 @@ def main():
         for family, cfg in CASES:
             rows[(family, cfg, samples)] = r = run_case(family, cfg, samples, a.iterations, a.ceiling)
             best = min(r[n] for n in FIXED)
+            err = case_model(family, cfg)[2]
             r["seed_ratios"] = [r["optimised"] / best] + [
-                run_case(family, cfg, samples, a.iterations, seed=sd)["optimised"] / best for sd in range(1, a.seeds)]
+                err(optimise(family, cfg, samples, a.iterations, seed=sd)[0].sigmas) / best
+                for sd in range(1, a.seeds)]
             print(f"{family} cfg {cfg:g}, {samples} samples: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)), flush=True)
     text = table(rows, a.iterations)
