@@ -2,12 +2,35 @@
 with one line that says so. Nothing else skips."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
-import pytest
-import torch
 
-import comfy_host  # tests/ is on sys.path through rootdir conftest import (importlib mode below)
+def _put_this_checkout_on_the_path_as_fewstep():
+    """``import fewstep`` means this checkout, installed or not, in this process and its children.
+    The repo root is the package but must not be on ``sys.path`` itself (our ``nodes/`` would shadow
+    ComfyUI's ``nodes.py``), so a temporary folder holds one link, ``fewstep`` -> the repo root."""
+    repo = Path(__file__).resolve().parents[1]
+    holder = tempfile.mkdtemp(prefix="fewstep-path-")
+    atexit.register(shutil.rmtree, holder, True)
+    os.symlink(repo, os.path.join(holder, "fewstep"), target_is_directory=True)
+    sys.path.insert(0, holder)
+    os.environ["PYTHONPATH"] = os.pathsep.join([holder] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    stale = sys.modules.get("fewstep")
+    if stale is not None and Path(stale.__file__).resolve().parent != repo:
+        raise RuntimeError(f"fewstep was imported from {stale.__file__} before the tests of {repo} started")
+
+
+_put_this_checkout_on_the_path_as_fewstep()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import comfy_host  # noqa: E402  # tests/ is on sys.path through rootdir conftest import (importlib mode below)
 
 # The tests' tensors are small: extra intra-op threads only add overhead, and on a shared machine they
 # oversubscribe the cores (a 40 s file took 12 minutes with several test runs side by side).
