@@ -1,5 +1,5 @@
-"""Shared fixtures. Host tests (marked ``host``) need a real ComfyUI; where none is found they skip
-with one line that says so. Nothing else skips."""
+"""Shared fixtures. Host tests (marked ``host``) need a real ComfyUI; where none is found they are set
+aside with one line that says so. Nothing else skips. With CI=true both are failures."""
 from __future__ import annotations
 
 import atexit
@@ -48,23 +48,27 @@ def comfy_path():
     return _COMFY
 
 
-NO_COMFY = ("no ComfyUI found ($COMFYUI_PATH, an enclosing ComfyUI's custom_nodes/, ~/comfy/ComfyUI): "
-            "host tests skipped")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+NO_COMFY = ("no ComfyUI found ($COMFYUI_PATH, an enclosing ComfyUI's custom_nodes/, ~/comfy/ComfyUI; "
+            "`./run test` also tries a copy of ../shared/comfyui)")
 
 
 def pytest_report_header(config):
     p = comfy_path()
-    return f"FewStep host tests: ComfyUI at {p}" if p else f"FewStep: {NO_COMFY}"
+    return f"FewStep host tests: ComfyUI at {p}" if p else f"FewStep: {NO_COMFY}: host tests set aside"
 
 
 _DESELECTED_HOST = []
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without a ComfyUI, host tests are set aside and reported in one line at the end."""
+    """Without a ComfyUI, host tests are set aside and reported in one line at the end; with CI=true
+    that is an error instead."""
     if comfy_path() is not None:
         return
     host = [it for it in items if "host" in it.keywords or "server" in it.keywords]
+    if host and IN_CI:
+        raise pytest.UsageError(f"CI=true and {NO_COMFY}: {len(host)} host tests cannot run")
     if host:
         _DESELECTED_HOST.extend(host)
         items[:] = [it for it in items if it not in host]
@@ -72,8 +76,31 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    p = comfy_path()
     if _DESELECTED_HOST:
-        terminalreporter.write_line(f"SKIPPED {len(_DESELECTED_HOST)} host tests: {NO_COMFY}")
+        terminalreporter.write_line(f"FewStep: {len(_DESELECTED_HOST)} host tests set aside: {NO_COMFY}")
+    elif p is not None:
+        terminalreporter.write_line(f"FewStep: host tests ran against the ComfyUI at {p}")
+
+
+def _skip_is_failure(report):
+    """With CI=true nothing may be set aside: a test (or a test module) that skips has failed."""
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true, so a skip is a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _skip_is_failure(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _skip_is_failure(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

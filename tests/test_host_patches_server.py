@@ -31,6 +31,9 @@ def tiny_checkpoint(comfy, comfy_server):
 
 def test_all_patch_workflows_exist():
     assert {p.stem for p in PATCH_FILES} == {"patch_deepcache", "patch_tgate", "patch_freeu", "patch_all"}
+    # every example that loads a checkpoint is a patch workflow, so this file runs them all
+    loads = {p.stem for p in API_DIR.glob("*.json") if "CheckpointLoaderSimple" in p.read_text()}
+    assert loads == {p.stem for p in PATCH_FILES}
 
 
 @pytest.mark.parametrize("path", PATCH_FILES, ids=[p.stem for p in PATCH_FILES])
