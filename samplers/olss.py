@@ -455,17 +455,23 @@ def _load_fields(f: FileCheck) -> "OLSSProfile":
         return ProfileError(f"{KIND} file {name} is inconsistent: {key} {problem}")
     kind = f.text("kind")
     if kind != "olss_profile":
-        raise ProfileError(f"{name} is a FewStep {kind!r} file, not an OLSS profile")
+        raise ProfileError(f"{KIND} file {name}: kind is {kind!r}: a FewStep file, not an OLSS profile")
     if isinstance(f.meta.get("format_version"), int) and not isinstance(f.meta["format_version"], bool) \
             and f.meta["format_version"] > FORMAT_VERSION:
-        raise ProfileError(f"{name} has OLSS format version {f.meta['format_version']}; this FewStep reads "
-                           f"up to {FORMAT_VERSION}: update FewStep")
+        raise ProfileError(f"{KIND} file {name} has format_version {f.meta['format_version']}; this FewStep "
+                           f"reads up to {FORMAT_VERSION}: update FewStep")
     f.integer("format_version", 1, FORMAT_VERSION)
     f.integer(FORMAT_KEY, 1, FORMAT_VERSION)
     family = f.text("family", choices=families.FAMILIES)
-    n = f.integer("teacher_steps", 1, MAX_TEACHER_STEPS)
-    k = f.integer("steps", MIN_STEPS, min(MAX_STEPS, n))
-    t_sig = f.tensor("teacher_sigmas", shape=(n + 1,)).to(torch.float64)
+    # the sizes come from the tensors; the metadata must agree with them
+    t_sig = f.tensor("teacher_sigmas", ndim=1, min_numel=2, max_numel=MAX_TEACHER_STEPS + 1).to(torch.float64)
+    n = t_sig.numel() - 1
+    k = f.tensor("wx", ndim=1, min_numel=MIN_STEPS, max_numel=min(MAX_STEPS, n)).numel()
+    for key, want in (("teacher_steps", n), ("steps", k)):
+        got = f.integer(key, 1, MAX_TEACHER_STEPS)
+        if got != want:
+            tname = "teacher_sigmas" if key == "teacher_steps" else "wx"
+            raise inconsistent(f"tensor '{tname}'", f"holds {want} steps, but metadata {key} is {got}")
     if float(t_sig[-1]) != 0.0 or float(t_sig[-2]) <= 0 or not bool((t_sig[1:] < t_sig[:-1]).all()):
         raise f.error("tensor 'teacher_sigmas'", "is not a strictly decreasing schedule ending in 0")
     if family == families.FLOW and float(t_sig[0]) > 1.0:
