@@ -98,6 +98,16 @@ class ModelSigmas:
         return f"{self.family}:{self.sigma_min:.6g}:{self.sigma_max:.6g}:{self.table.numel()}"
 
 
+#: relative slack when a file made for one model is checked against a model's sigma range (files hold
+#: float32 copies of the model's sigmas)
+SIGMA_RANGE_RTOL = 1e-3
+
+
+def within_range(sigma_min: float, sigma_max: float, ms: "ModelSigmas", rtol: float = SIGMA_RANGE_RTOL) -> bool:
+    """Whether [sigma_min, sigma_max] lies inside the model's sigma range (up to ``rtol``)."""
+    return sigma_max <= ms.sigma_max * (1 + rtol) and sigma_min >= ms.sigma_min * (1 - rtol)
+
+
 def check_sigma_range(sigma_min: float, sigma_max: float, family: str):
     for nm, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 
 import torch
 
@@ -20,7 +19,8 @@ import comfy.samplers
 import comfy.utils
 
 from ..core import families
-from ..core.io import atomic_save
+from ..core.io import atomic_save, check_file_stem, check_save_target
+from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
 from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
 from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
@@ -28,7 +28,6 @@ from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
 log = logging.getLogger("FewStep")
 
 NODE = "FewStepAYSOptimize"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 STEPS_RANGE = (2, 200)
 ITERATIONS_RANGE = (1, 50)
 SAMPLES_RANGE = (core.MIN_SAMPLES, 1024)
@@ -50,14 +49,9 @@ def _int(value, lo, hi, widget):
 
 
 def check_name(name) -> str:
-    """'' (do not save) or a safe file stem."""
-    name = str(name).strip()
-    if name.endswith(".safetensors"):
-        name = name[: -len(".safetensors")]
-    if name and (not NAME_RE.match(name) or ".." in name):
-        raise ValueError(f"{NODE}: name must be empty (do not save) or 1-100 characters of letters, digits, "
-                         f"'_', '-', '.' or spaces (no folders), got {name!r}")
-    return name
+    """'' (do not save) or a safe file stem (core/io.py's check_file_stem: no folders, no Windows device
+    names, no trailing '.')."""
+    return check_file_stem(name, f"{NODE}: name", empty_means="do not save")
 
 
 def latent_channels(model) -> int:
@@ -176,8 +170,10 @@ class FewStepAYSOptimize:
         samples = _int(samples, *SAMPLES_RANGE, "samples")
         if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
             raise ValueError(f"{NODE}: cfg must be in [0, 100], got {cfg!r}")
-        seed = _int(seed, 0, 0xffffffffffffffff, "seed")
+        seed = fold_seed(_int(seed, 0, 0xffffffffffffffff, "seed"))  # every stage gets this one value
         name = check_name(name)
+        if name:  # before the long run: a folder of that name cannot be replaced
+            check_save_target(os.path.join(schedule_dir(), name + ".safetensors"), f"{NODE}: name")
         if align_to not in ALIGN_CHOICES:
             raise ValueError(f"{NODE}: align_to must be one of {list(ALIGN_CHOICES)}, got {align_to!r}")
         align = None if align_to == ALIGN_NONE else align_to

@@ -18,17 +18,29 @@ def family_of(model) -> str:
     return families.family_of_model_sampling(model_sampling_of(model))
 
 
-def family_of_k_model(k_model) -> str:
-    """The family inside a sampler function, from the k-diffusion model wrapper ComfyUI passes
-    (``KSamplerX0Inpaint`` -> CFGGuider wrapper -> ``model_patcher``)."""
+def model_sampling_of_k_model(k_model):
+    """The ``model_sampling`` inside a sampler function, from the k-diffusion model wrapper ComfyUI
+    passes (``KSamplerX0Inpaint`` -> CFGGuider wrapper -> ``model_patcher``)."""
     inner = getattr(k_model, "inner_model", None)
     patcher = getattr(inner, "model_patcher", None)
     if patcher is not None:
-        return families.family_of_model_sampling(patcher.get_model_object("model_sampling"))
+        return patcher.get_model_object("model_sampling")
     ms = getattr(getattr(inner, "inner_model", None), "model_sampling", None)
     if ms is not None:
-        return families.family_of_model_sampling(ms)
+        return ms
     raise RuntimeError("FewStep: cannot find the model's model_sampling to tell eps from flow")
+
+
+def family_of_k_model(k_model) -> str:
+    """The family inside a sampler function (see :func:`model_sampling_of_k_model`)."""
+    return families.family_of_model_sampling(model_sampling_of_k_model(k_model))
+
+
+def interrupt_check():
+    """ComfyUI's Cancel as a callable for long pure computations (schedules/ never imports ComfyUI):
+    it raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+    import comfy.model_management
+    return comfy.model_management.throw_exception_if_processing_interrupted
 
 
 def sigmas_out(sigmas) -> torch.Tensor:

@@ -21,7 +21,6 @@ import functools
 import logging
 import math
 import os
-import re
 
 import torch
 
@@ -31,17 +30,18 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..core.io import ProfileError
+from ..core.io import ProfileError, check_file_stem, check_save_target
+from ..core.seeds import fold_seed
 from ..samplers import olss as core
 from ..schedules import SCHEDULE_NAMES, get_schedule
-from .common import family_of_k_model, model_fingerprint, model_sigmas_of, sigmas_out
+from ..core.model_sigmas import ModelSigmas, within_range
+from .common import family_of_k_model, model_fingerprint, model_sampling_of_k_model, model_sigmas_of, sigmas_out
 
 log = logging.getLogger("FewStep")
 
 FOLDER = "fewstep_olss"
 CATEGORY = "sampling/fewstep/olss"
 LINKED = "(use the linked profile)"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 
 def teacher_names() -> list[str]:
     """Every deterministic FewStep solver (samplers/registry.py), DPM-Solver++(2M) first."""
@@ -148,12 +148,15 @@ class FewStepOLSSTrain:
 
     def train(self, model, positive, negative, latent_image, cfg, teacher, teacher_steps, teacher_schedule, steps,
               samples, seed, path_planning, name, ridge=0.0, closed_loop=False):
-        name = str(name).strip()
-        if name.endswith(".safetensors"):
-            name = name[: -len(".safetensors")]
-        if not NAME_RE.match(name) or ".." in name:
-            raise ValueError(f"FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
-                             f"or spaces (no folders), got {name!r}")
+        name = check_file_stem(name, "FewStepOLSSTrain: name")
+        if not name:
+            raise ValueError("FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
+                             "or spaces (no folders); it is empty")
+        # before the long run: a folder of that name cannot be replaced by the profile
+        save_path = check_save_target(os.path.join(profile_dir(), name + ".safetensors"), "FewStepOLSSTrain: name")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xffffffffffffffff:
+            raise ValueError(f"FewStepOLSSTrain: seed must be a whole number in [0, {0xffffffffffffffff}], got {seed!r}")
+        seed = fold_seed(seed)  # once, here: the teacher runs use seed, seed + 1, ... (at most 2^63 + 255)
         teacher_steps = _check_int(teacher_steps, *TEACHER_STEPS_RANGE, "teacher_steps")
         steps = _check_int(steps, 4, 20, "steps")
         samples = _check_int(samples, *SAMPLES_RANGE, "samples")
@@ -166,7 +169,8 @@ class FewStepOLSSTrain:
             raise ValueError(f"FewStepOLSSTrain: ridge must be in [0, 1], got {ridge!r}")
         teacher_fn = teacher_function(teacher)
         ms = model_sigmas_of(model)
-        teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms)
+        teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms,
+                                      check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         sigmas_c = sigmas_out(teacher_sigmas)
 
         latent = latent_image["samples"]
@@ -235,7 +239,7 @@ class FewStepOLSSTrain:
                                                  float(ridge), check_interrupt=interrupt, on_call=tick)
             prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
             del kept
-        path = os.path.join(profile_dir(), name + ".safetensors")
+        path = str(save_path)
         prof.save(path)
         report = core.olss_error_report(prof) + f"\nsaved to {path}"
         log.info(report)
@@ -251,6 +255,13 @@ def check_profile_for_model(model_k, profile: core.OLSSProfile):
     if fam != profile.family:
         raise ValueError(f"{label} was trained on a {profile.family} model, but this model is {fam}: "
                          "train a profile on this model (FewStep OLSS Train)")
+    ms = ModelSigmas.from_model_sampling(model_sampling_of_k_model(model_k))
+    positive = profile.sigmas[profile.sigmas > 0]
+    top, bottom = float(profile.sigmas[0]), float(positive.min())
+    if not within_range(bottom, top, ms):
+        raise ValueError(f"{label} steps through sigmas [{bottom:.6g}, {top:.6g}], outside this model's range "
+                         f"[{ms.sigma_min:.6g}, {ms.sigma_max:.6g}]: it was trained on another model; train a "
+                         "profile on this model (FewStep OLSS Train)")
     guider = getattr(model_k, "inner_model", None)
     patcher = getattr(guider, "model_patcher", None)
     fp = None

@@ -3,7 +3,15 @@
 The route answers the very sigmas FewStep's scheduler nodes output (same schedule code, same float32
 SIGMAS rounding) as a JSON list, for a model described by its family and shift, or by a sigma range,
 since the editor has no model object. Every parameter is checked: unknown names, numbers that do not
-parse or are out of the widgets' ranges, and unknown schedule names answer 400 with the reason.
+parse (ASCII digits only: no other scripts' digits, no ``_`` separators) or are out of the widgets'
+ranges, values longer than ``MAX_VALUE_CHARS``, and unknown schedule names answer 400 with the reason.
+
+The work is bounded and never runs on the server's event loop: the steps are capped at the widgets'
+maximum, a schedule costs at most about that many values (beta computes only the tail that denoise
+keeps), and the computation runs on a small thread pool of its own with a deadline
+(``TIME_LIMIT_S``, checked inside the schedule code), answered with 503 and the reason when passed;
+so are requests beyond ``MAX_PENDING`` in flight. ``/system_stats`` and the rest of ComfyUI keep
+answering while previews run.
 
 Query parameters
     schedule        one of ``SCHEDULE_NAMES`` (``ays`` included); required
@@ -21,9 +29,14 @@ SD1.5's sigmas (what FewStepScheduler does with an SD1.5 model).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import re
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..core import families
 from ..core.model_sigmas import ModelSigmas, check_sigma_range
@@ -37,10 +50,36 @@ MAX_STEPS = 10000
 PARAMS = ("schedule", "steps", "denoise", "rho", "model_type", "saved_schedule", "family", "shift",
           "sigma_min", "sigma_max")
 NONE = "none"
+#: the longest value a parameter may have (a number or a file name)
+MAX_VALUE_CHARS = 200
+#: seconds a preview may compute before it is stopped and answered with 503
+TIME_LIMIT_S = 10.0
+#: worker threads of the preview pool, and requests in flight beyond which the route answers 503
+WORKERS = 2
+MAX_PENDING = 8
+_INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT_RE = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+                       re.ASCII | re.IGNORECASE)
 
 
 class QueryError(ValueError):
     """A bad query: the message is the reason given back with the 400."""
+
+
+class PreviewTimeout(RuntimeError):
+    """The preview passed its deadline; the message is the reason given back with the 503."""
+
+
+def deadline_check(seconds: float):
+    """A ``check_interrupt`` callable for the schedule code that raises PreviewTimeout once
+    ``seconds`` have passed since it was made."""
+    end = time.monotonic() + seconds
+
+    def check():
+        if time.monotonic() > end:
+            raise PreviewTimeout(f"the preview took longer than {seconds:g} s and was stopped; lower steps "
+                                 "or raise denoise")
+    return check
 
 
 def _one(query, name):
@@ -51,7 +90,10 @@ def _one(query, name):
         if len(v) != 1:
             raise QueryError(f"{name} is given {len(v)} times; give it once")
         v = v[0]
-    return str(v).strip()
+    v = str(v).strip()
+    if len(v) > MAX_VALUE_CHARS:
+        raise QueryError(f"{name} is {len(v)} characters long; at most {MAX_VALUE_CHARS}")
+    return v
 
 
 def _int(query, name, lo, hi, default=None):
@@ -60,10 +102,9 @@ def _int(query, name, lo, hi, default=None):
         if default is None:
             raise QueryError(f"{name} is required: a whole number in [{lo}, {hi}]")
         return default
-    try:
-        v = int(raw, 10)
-    except ValueError:
-        raise QueryError(f"{name} must be a whole number in [{lo}, {hi}], got {raw!r}") from None
+    if not _INT_RE.fullmatch(raw):  # int() also takes other scripts' digits and '1_0'
+        raise QueryError(f"{name} must be a whole number in [{lo}, {hi}] (ASCII digits), got {raw!r}")
+    v = int(raw, 10)
     if not lo <= v <= hi:
         raise QueryError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
@@ -76,10 +117,9 @@ def _float(query, name, lo, hi, default=None, lo_open=False):
         if default is None:
             raise QueryError(f"{name} is required: a number in {rng}")
         return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise QueryError(f"{name} must be a number in {rng}, got {raw!r}") from None
+    if not _FLOAT_RE.fullmatch(raw):  # float() also takes other scripts' digits and '1_0'
+        raise QueryError(f"{name} must be a number in {rng} (ASCII digits), got {raw!r}")
+    v = float(raw)
     if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
         raise QueryError(f"{name} must be in {rng}, got {raw}")
     return v
@@ -135,8 +175,10 @@ def model_sigmas_for(query):
     return _eps_grid()
 
 
-def sigmas_for_query(query) -> list:
-    """The sigma list for a query mapping (name -> str or [str]). Raises QueryError with the reason."""
+def sigmas_for_query(query, check_interrupt=None) -> list:
+    """The sigma list for a query mapping (name -> str or [str]). Raises QueryError with the reason.
+    ``check_interrupt`` (a callable that raises to stop, e.g. :func:`deadline_check`) is handed to the
+    schedule code."""
     unknown = sorted(set(query) - set(PARAMS))
     if unknown:
         raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
@@ -162,12 +204,13 @@ def sigmas_for_query(query) -> list:
                 from .schedulers import load_saved_ays, saved_ays_names
                 if saved not in saved_ays_names():
                     raise QueryError(f"saved_schedule {saved!r} is not in models/fewstep_ays")
-                table, _, _ = load_saved_ays(saved)
-                s = ays_sigmas(model_type, steps, denoise, ms, table=table)
+                table, _, _ = load_saved_ays(saved, model_sigmas=ms)
+                s = ays_sigmas(model_type, steps, denoise, ms, table=table, check_interrupt=check_interrupt)
             else:
-                s = ays_sigmas(model_type, steps, denoise, ms)
+                s = ays_sigmas(model_type, steps, denoise, ms, check_interrupt=check_interrupt)
         else:
-            s = get_schedule(schedule, steps, ms if ms is not None else _eps_grid(), denoise, rho)
+            s = get_schedule(schedule, steps, ms if ms is not None else _eps_grid(), denoise, rho,
+                             check_interrupt=check_interrupt)
     except QueryError:
         raise
     except ValueError as e:  # the schedule code's own range checks (e.g. too many steps for the range)
@@ -176,14 +219,50 @@ def sigmas_for_query(query) -> list:
 
 
 # --- aiohttp ---------------------------------------------------------------------------------------
+_POOL = None
+_POOL_LOCK = threading.Lock()
+_pending = 0
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="fewstep-preview")
+        return _POOL
+
+
+def _compute(query, check):
+    check()  # a request that waited in the pool past its deadline does no work
+    return sigmas_for_query(query, check_interrupt=check)
+
+
 async def _handle_sigmas(request):
+    """Parse and compute on the preview pool (never on the event loop), under the deadline."""
     from aiohttp import web
+    global _pending
 
     query = {k: request.query.getall(k) for k in request.query.keys()}
+    if _pending >= MAX_PENDING:
+        return web.json_response({"error": f"{_pending} previews are being computed; try again shortly"},
+                                 status=503, headers={"Retry-After": "1"})
+    _pending += 1
+    limit = TIME_LIMIT_S
     try:
-        body = sigmas_for_query(query)
+        fut = asyncio.get_running_loop().run_in_executor(_pool(), _compute, query, deadline_check(limit))
+        # the deadline is checked inside the schedule code; this outer limit only guards against a
+        # computation that stops checking (the thread is left to finish, its answer dropped)
+        body = await asyncio.wait_for(fut, limit + 5.0)
     except QueryError as e:
         return web.json_response({"error": str(e)}, status=400)
+    except (PreviewTimeout, asyncio.TimeoutError) as e:
+        reason = str(e) if isinstance(e, PreviewTimeout) else f"the preview took longer than {limit:g} s"
+        return web.json_response({"error": reason}, status=503)
+    except Exception as e:  # a bug in the schedule code: say what it was, keep the server up
+        log.exception("FewStep: /fewstep/sigmas failed for %s", query)
+        return web.json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
+    finally:
+        _pending -= 1
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

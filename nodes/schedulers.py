@@ -4,17 +4,16 @@ import os
 
 import folder_paths
 
-from ..core import families
-from ..core.io import ProfileError, load_checked
+from ..core.io import ProfileError
 from ..core.model_sigmas import ModelSigmas
 from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
-from .common import model_fingerprint, model_sigmas_of, sigmas_out
+from ..schedules.ays_file import AYS_FORMAT, load_ays_schedule
+from .common import interrupt_check, model_fingerprint, model_sigmas_of, sigmas_out
 from .registry import register_scheduler
 
 log = logging.getLogger("FewStep")
 
 AYS_FOLDER = "fewstep_ays"
-AYS_FORMAT = "ays_schedule/1"
 NONE = "none"
 
 
@@ -41,33 +40,24 @@ def _ays_model_type_for(model) -> str:
     return "SD1"
 
 
-def load_saved_ays(name: str, model=None):
-    """(positive 10-step-style table ending at sigma_min, family, metadata) of a saved AYS schedule."""
+def load_saved_ays(name: str, model=None, model_sigmas=None):
+    """(positive 10-step-style table ending at sigma_min, family, metadata) of a saved AYS schedule,
+    every field checked (schedules/ays_file.py); against the model (family, sigma range) when one is
+    given (a MODEL, or the ModelSigmas the preview route describes)."""
     path = folder_paths.get_full_path(AYS_FOLDER, name)
     if path is None:
         raise ValueError(f"saved_schedule: {name!r} not found in models/{AYS_FOLDER}")
+    ms = model_sigmas_of(model) if model is not None else model_sigmas
     try:
-        tensors, meta = load_checked(path, "AYS schedule", required_tensors=("sigmas",),
-                                     required_meta=("family", "sigma_min"))
+        saved = load_ays_schedule(path, ms)
     except ProfileError as e:
         raise ValueError(f"saved_schedule: {e}") from None
-    if meta.get("fewstep_format") != AYS_FORMAT:
-        raise ValueError(f"saved_schedule: {name} has format {meta.get('fewstep_format')!r}, expected {AYS_FORMAT!r}")
-    s = tensors["sigmas"].double()
-    if s.ndim != 1 or s.numel() < 3 or s[-1] != 0 or not (s[1:] < s[:-1]).all():
-        raise ValueError(f"saved_schedule: {name} does not hold a decreasing schedule ending in 0")
-    fam = meta["family"]
     if model is not None:
-        mfam = families.family_of_model_sampling(model.get_model_object("model_sampling"))
-        if mfam != fam:
-            raise ValueError(f"saved_schedule: {name} was optimised for a {fam} model, but this model is {mfam}")
-        fp = meta.get("model_fingerprint")
-        if fp and fp != model_fingerprint(model):
+        fp = saved.meta.get("model_fingerprint")
+        if fp and str(fp) != model_fingerprint(model):
             log.warning("FewStep: saved AYS schedule %s was optimised for another model (fingerprint %s); "
                         "using it anyway", name, fp)
-    table = s.clone()
-    table[-1] = float(meta["sigma_min"])
-    return table, fam, meta
+    return saved.table, saved.family, saved.meta
 
 
 class FewStepAYSScheduler:
@@ -116,14 +106,14 @@ class FewStepAYSScheduler:
         ms = model_sigmas_of(model) if model is not None else None
         if saved_schedule and saved_schedule != NONE:
             table, fam, _ = load_saved_ays(saved_schedule, model)
-            return (sigmas_out(ays_sigmas("SD1", steps, denoise, ms, table=table)),)
+            return (sigmas_out(ays_sigmas("SD1", steps, denoise, ms, table=table, check_interrupt=interrupt_check())),)
         if model_type == "auto":
             if model is None:
                 raise ValueError("FewStepAYSScheduler: model_type 'auto' needs a model connected")
             model_type = _ays_model_type_for(model)
         if model_type not in AYS_MODEL_TYPES:
             raise ValueError(f"FewStepAYSScheduler: model_type must be one of {AYS_MODEL_TYPES + ('auto',)}")
-        return (sigmas_out(ays_sigmas(model_type, steps, denoise, ms)),)
+        return (sigmas_out(ays_sigmas(model_type, steps, denoise, ms, check_interrupt=interrupt_check())),)
 
 
 class FewStepScheduler:
@@ -156,14 +146,14 @@ class FewStepScheduler:
         ms = model_sigmas_of(model)
         if schedule == "polyexponential" and rho == 7.0:
             log.info("FewStep: polyexponential with rho 7 is very steep; rho 1 is log-uniform")
-        return (sigmas_out(get_schedule(schedule, steps, ms, denoise, rho)),)
+        return (sigmas_out(get_schedule(schedule, steps, ms, denoise, rho, check_interrupt=interrupt_check())),)
 
 
 # --- KSampler scheduler list ---------------------------------------------------------------------
 def _ksampler_handler(name, **kw):
     def handler(model_sampling, steps):
         ms = ModelSigmas.from_model_sampling(model_sampling)
-        return sigmas_out(get_schedule(name, steps, ms, 1.0, **kw))
+        return sigmas_out(get_schedule(name, steps, ms, 1.0, check_interrupt=interrupt_check(), **kw))
     return handler
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..core import families
-from ..core.io import FORMAT_KEY, ProfileError, atomic_save, load_checked
+from ..core.io import FLOAT_DTYPES, FORMAT_KEY, INT_DTYPES, FileCheck, ProfileError, atomic_save
 
 FORMAT_VERSION = 1
 KIND = "OLSS profile"
@@ -47,6 +47,8 @@ REQUIRED_TENSORS = ("sigmas", "wx", "we", "step_error", "teacher_sigmas", "path"
 REQUIRED_META = (FORMAT_KEY, "kind", "format_version", "family", "sigma_min", "sigma_max", "teacher",
                  "teacher_steps", "steps", "selected_sigmas", "step_error", "cfg", "model_fingerprint",
                  "path_planning", "rows")
+#: the most teacher steps a profile file may hold (r_factor is (2n+1)^2 float64)
+MAX_TEACHER_STEPS = 10000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,28 +369,15 @@ class OLSSProfile:
 
     @staticmethod
     def load(path) -> "OLSSProfile":
-        """Read a profile (safetensors only: nothing is unpickled). Raises ProfileError, naming the
-        file, when it is corrupt, truncated, not an OLSS profile or missing a key."""
-        t, m = load_checked(path, KIND, REQUIRED_TENSORS, REQUIRED_META)
-        name = Path(path).name
-        if m.get("kind") != "olss_profile":
-            raise ProfileError(f"{name} is a FewStep {m.get('kind')!r} file, not an OLSS profile")
-        if int(m["format_version"]) > FORMAT_VERSION:
-            raise ProfileError(f"{name} has OLSS format version {m['format_version']}; this FewStep reads "
-                               f"up to {FORMAT_VERSION}: update FewStep")
-        prof = OLSSProfile(
-            family=m["family"], sigmas=t["sigmas"].to(torch.float64), wx=t["wx"].to(torch.float64),
-            we=t["we"].to(torch.float64), step_error=t["step_error"].to(torch.float64),
-            teacher_sigmas=t["teacher_sigmas"].to(torch.float64), path=t["path"].to(torch.int64),
-            r_factor=t["r_factor"].to(torch.float64), rows=int(m["rows"]), teacher=str(m["teacher"]),
-            cfg=float(m["cfg"]), model_fingerprint=str(m["model_fingerprint"]),
-            path_planning=bool(m["path_planning"]), ridge=float(m.get("ridge", 0.0)),
-            samples=int(m.get("samples", 0)), name=str(m.get("name", "")),
-            closed_loop=bool(m.get("closed_loop", False)))
+        """Read a profile (safetensors only: nothing is unpickled). Raises ProfileError naming the file
+        and the field when it is corrupt, truncated, not an OLSS profile, missing a key, or any field's
+        type, range, dtype or shape is not the format's (see :func:`_load_fields`)."""
+        f = FileCheck(path, KIND, REQUIRED_TENSORS, REQUIRED_META)
+        prof = _load_fields(f)
         try:
             prof.validate()
         except ValueError as e:
-            raise ProfileError(f"{KIND} file {name} is inconsistent: {e}") from None
+            raise ProfileError(f"{KIND} file {f.path.name} is inconsistent: {e}") from None
         return prof
 
     def validate(self):
@@ -405,7 +394,8 @@ class OLSSProfile:
         p = self.path
         if int(p[0]) < 0 or int(p[-1]) >= n or (k > 1 and not (p[1:] > p[:-1]).all()):
             raise ValueError("path is not increasing inside the teacher's steps")
-        if not torch.allclose(self.sigmas[:-1], self.teacher_sigmas[p], rtol=1e-9, atol=0):
+        if not torch.allclose(self.sigmas[:-1], self.teacher_sigmas[p], rtol=1e-9, atol=0) \
+                or float(self.sigmas[-1]) != float(self.teacher_sigmas[-1]):
             raise ValueError("selected sigmas do not match the teacher sigmas on the path")
         if self.rows < 1:
             raise ValueError("rows must be >= 1")
@@ -444,6 +434,81 @@ class OLSSProfile:
         return replace(self, sigmas=self.sigmas[j0:].clone(), wx=wx, we=we, step_error=err,
                        path=torch.tensor(path, dtype=torch.int64), closed_loop=False,
                        extra={**self.extra, "denoise": float(denoise)})
+
+
+def _load_fields(f: FileCheck) -> "OLSSProfile":
+    """Every field of an OLSS profile file checked against the format (format version 1):
+
+    metadata  fewstep_format and format_version: whole numbers in [1, FORMAT_VERSION]; kind
+              "olss_profile"; family eps or flow; teacher_steps n in [1, MAX_TEACHER_STEPS] and steps k
+              in [MIN_STEPS, MAX_STEPS], both equal to the tensors'; sigma_min, sigma_max,
+              selected_sigmas, path and step_error equal to the tensors'; cfg in [0, 100]; ridge in
+              [0, 1]; rows >= 1; samples >= 0; path_planning and closed_loop true/false; name, teacher
+              and model_fingerprint strings; denoise (a truncated profile) in (0, 1].
+    tensors   float32/float64: sigmas (k+1), wx (k), we (k, k) lower triangular, step_error (k) >= 0,
+              teacher_sigmas (n+1) strictly decreasing and ending in 0, r_factor (2n+1, 2n+1) upper
+              triangular; int64/int32: path (k); all finite.
+    """
+    name = f.path.name
+
+    def inconsistent(key, problem):
+        return ProfileError(f"{KIND} file {name} is inconsistent: {key} {problem}")
+    kind = f.text("kind")
+    if kind != "olss_profile":
+        raise ProfileError(f"{KIND} file {name}: kind is {kind!r}: a FewStep file, not an OLSS profile")
+    if isinstance(f.meta.get("format_version"), int) and not isinstance(f.meta["format_version"], bool) \
+            and f.meta["format_version"] > FORMAT_VERSION:
+        raise ProfileError(f"{KIND} file {name} has format_version {f.meta['format_version']}; this FewStep "
+                           f"reads up to {FORMAT_VERSION}: update FewStep")
+    f.integer("format_version", 1, FORMAT_VERSION)
+    f.integer(FORMAT_KEY, 1, FORMAT_VERSION)
+    family = f.text("family", choices=families.FAMILIES)
+    # the sizes come from the tensors; the metadata must agree with them
+    t_sig = f.tensor("teacher_sigmas", ndim=1, min_numel=2, max_numel=MAX_TEACHER_STEPS + 1).to(torch.float64)
+    n = t_sig.numel() - 1
+    k = f.tensor("wx", ndim=1, min_numel=MIN_STEPS, max_numel=min(MAX_STEPS, n)).numel()
+    for key, want in (("teacher_steps", n), ("steps", k)):
+        got = f.integer(key, 1, MAX_TEACHER_STEPS)
+        if got != want:
+            tname = "teacher_sigmas" if key == "teacher_steps" else "wx"
+            raise inconsistent(f"tensor '{tname}'", f"holds {want} steps, but metadata {key} is {got}")
+    if float(t_sig[-1]) != 0.0 or float(t_sig[-2]) <= 0 or not bool((t_sig[1:] < t_sig[:-1]).all()):
+        raise f.error("tensor 'teacher_sigmas'", "is not a strictly decreasing schedule ending in 0")
+    if family == families.FLOW and float(t_sig[0]) > 1.0:
+        raise f.error("tensor 'teacher_sigmas'", f"starts at {float(t_sig[0]):.6g}; flow sigmas are at most 1")
+    sigmas = f.tensor("sigmas", shape=(k + 1,)).to(torch.float64)
+    wx = f.tensor("wx", shape=(k,)).to(torch.float64)
+    we = f.tensor("we", shape=(k, k)).to(torch.float64)
+    if bool((torch.triu(we, diagonal=1) != 0).any()):
+        raise f.error("tensor 'we'", "must be lower triangular (a step uses only the outputs so far)")
+    step_error = f.tensor("step_error", shape=(k,)).to(torch.float64)
+    if bool((step_error < 0).any()):
+        raise f.error("tensor 'step_error'", "holds negative errors")
+    path = f.tensor("path", dtypes=INT_DTYPES, shape=(k,)).to(torch.int64)
+    r = f.tensor("r_factor", shape=(2 * n + 1, 2 * n + 1)).to(torch.float64)
+    if bool((torch.tril(r, diagonal=-1) != 0).any()):
+        raise f.error("tensor 'r_factor'", "must be upper triangular (a QR factor)")
+    positive = t_sig[t_sig > 0]
+    for key, want in (("sigma_min", float(positive.min())), ("sigma_max", float(t_sig.max()))):
+        got = f.number(key, 0.0, math.inf)
+        if not math.isclose(got, want, rel_tol=1e-9):
+            raise inconsistent(key, f"is {got!r}, but the teacher sigmas give {want!r}")
+    for key, tensor in (("selected_sigmas", sigmas), ("step_error", step_error)):
+        got = torch.tensor(f.number_list(key, tensor.numel()), dtype=torch.float64)
+        if not torch.allclose(got, tensor, rtol=1e-9, atol=0):
+            raise inconsistent(key, f"does not match tensor '{'sigmas' if key == 'selected_sigmas' else key}'")
+    if f.int_list("path", k, default=None) not in (None, [int(i) for i in path]):
+        raise inconsistent("path", "does not match tensor 'path'")
+    extra = {}
+    if "denoise" in f.meta:
+        extra["denoise"] = f.number("denoise", 0.0, 1.0, lo_open=True)
+    return OLSSProfile(
+        family=family, sigmas=sigmas, wx=wx, we=we, step_error=step_error, teacher_sigmas=t_sig, path=path,
+        r_factor=r, rows=f.integer("rows", 1, 2 ** 62), teacher=f.text("teacher", max_len=200),
+        cfg=f.number("cfg", 0.0, 100.0), model_fingerprint=f.text("model_fingerprint", max_len=200),
+        path_planning=f.boolean("path_planning"), ridge=f.number("ridge", 0.0, 1.0, default=0.0),
+        samples=f.integer("samples", 0, 2 ** 62, default=0), name=f.text("name", default="", max_len=200),
+        closed_loop=f.boolean("closed_loop", default=False), extra=extra)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ RHO_USERS = tuple(DEFAULT_RHO)
 
 
 def get_schedule(name: str, steps: int, model_sigmas: ModelSigmas, denoise: float = 1.0,
-                 rho: float | None = None, ays_model_type: str = "SD1") -> torch.Tensor:
+                 rho: float | None = None, ays_model_type: str = "SD1", check_interrupt=None) -> torch.Tensor:
+    """``check_interrupt``: an optional callable that raises to stop a long construction (inside
+    ComfyUI the node passes its interrupt check; the preview route a deadline)."""
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {SCHEDULE_NAMES}, got {name!r}")
     if not isinstance(model_sigmas, ModelSigmas):
@@ -37,16 +39,25 @@ def get_schedule(name: str, steps: int, model_sigmas: ModelSigmas, denoise: floa
         "time_quadratic": lambda n: basic.time_quadratic(n, ms),
         "polyexponential": lambda n: basic.polyexponential(n, ms, rho),
         "ays": lambda n: ays_full(ays_model_type, n, ms),
-        "beta": lambda n: beta_schedule(n, ms),
+        "beta": lambda n: beta_schedule(n, ms, check_interrupt=check_interrupt),
     }
-    return with_denoise(builders[name], steps, denoise)
+    tails = {"beta": lambda n, start: beta_schedule(n, ms, start=start, check_interrupt=check_interrupt)}
+    try:
+        return with_denoise(builders[name], steps, denoise, build_tail=tails.get(name),
+                            check_interrupt=check_interrupt)
+    except ValueError as e:
+        if name in RHO_USERS and "strictly decreasing" in str(e):
+            hint = "raise rho towards 7" if name == "karras" else "move rho towards 1"
+            raise ValueError(f"{e}; or, with {name} at rho {rho:g}: {hint}") from None
+        raise
 
 
 def ays_sigmas(model_type: str, steps: int, denoise: float = 1.0, model_sigmas: ModelSigmas | None = None,
-               table=None) -> torch.Tensor:
+               table=None, check_interrupt=None) -> torch.Tensor:
     """AYS for a model type (published table, remapped onto ``model_sigmas`` when its range differs),
     or for an explicit ``table`` (a saved optimised schedule), interpolated to ``steps``."""
-    return with_denoise(lambda n: ays_full(model_type, n, model_sigmas, table=table), steps, denoise)
+    return with_denoise(lambda n: ays_full(model_type, n, model_sigmas, table=table), steps, denoise,
+                        check_interrupt=check_interrupt)
 
 
 __all__ = ["SCHEDULE_NAMES", "AYS_MODEL_TYPES", "get_schedule", "ays_sigmas", "ays_table", "loglinear_interp",

@@ -37,13 +37,23 @@ def total_steps_for(steps: int, denoise: float) -> int:
     return max(steps, int(steps / denoise))
 
 
-def with_denoise(build, steps: int, denoise: float) -> torch.Tensor:
-    """``build(total)`` returns a full schedule (total+1 values ending in 0); keep the last steps+1."""
+def with_denoise(build, steps: int, denoise: float, build_tail=None, check_interrupt=None) -> torch.Tensor:
+    """``build(total)`` returns a full schedule (total+1 values ending in 0); keep the last steps+1.
+    ``build_tail(total, start)``, where given, returns only the values from index ``start`` on (for
+    schedules whose cost grows with the number of values: denoise 0.01 would build 100x more than it
+    keeps). ``check_interrupt`` is called before and after building."""
     steps = check_steps(steps)
     denoise = check_denoise(denoise)
     total = total_steps_for(steps, denoise)
-    full = build(total)
-    out = full[-(steps + 1):].clone()
+    if check_interrupt is not None:
+        check_interrupt()
+    if build_tail is not None:
+        out = build_tail(total, total - steps)
+    else:
+        full = build(total)
+        out = full[-(steps + 1):].clone()
+    if check_interrupt is not None:
+        check_interrupt()
     return finalize(out, steps)
 
 

@@ -16,10 +16,24 @@ def _append_zero(s: torch.Tensor) -> torch.Tensor:
 
 
 def karras(n: int, ms: ModelSigmas, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. 2022 (EDM eq. 5): sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho."""
+    """Karras et al. 2022 (EDM eq. 5): sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho.
+
+    For rho < 1 the powers smax^(1/rho) overflow (rho 0.003: 14.6^333) and the last point cancels, so
+    the same formula is evaluated in logs there: sigma_i = smax * ((1-r) + r q)^rho with
+    q = (smin/smax)^(1/rho), log((1-r) + r q) by logaddexp."""
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    lo, hi = ms.sigma_min ** (1 / rho), ms.sigma_max ** (1 / rho)
-    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+    if rho >= 1.0:
+        lo, hi = ms.sigma_min ** (1 / rho), ms.sigma_max ** (1 / rho)
+        return _append_zero((hi + ramp * (lo - hi)) ** rho)
+    log_q = (math.log(ms.sigma_min) - math.log(ms.sigma_max)) / rho
+    if not math.isfinite(log_q):
+        raise ValueError(f"karras: rho {rho!r} is too small to compute (1/rho overflows)")
+    inner = torch.logaddexp(torch.log1p(-ramp), torch.log(ramp) + log_q)
+    s = ms.sigma_max * torch.exp(rho * inner)
+    s[0] = ms.sigma_max
+    if n > 1:
+        s[-1] = ms.sigma_min
+    return _append_zero(s)
 
 
 def logsnr_uniform(n: int, ms: ModelSigmas) -> torch.Tensor:
