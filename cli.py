@@ -151,12 +151,13 @@ def best_run_within(spec, model_fn, x, ref, schedule, ms, family, nfe, rho=None,
         known[steps] = calls
         return rms(out, ref), steps, calls, out
 
+    ratio = known[max(known)] / max(known) if known else 1.0   # calls per step at the most steps run
+    steps = max(1, min(nfe, int(nfe / ratio)))
     fitting = [s for s, c in known.items() if c <= nfe]
     if fitting:
-        steps = max(fitting)
-    else:
-        ratio = max((c / s for s, c in known.items()), default=1.0)
-        steps = max(1, min(nfe, int(nfe / ratio)))
+        steps = max(steps, max(fitting))
+    while steps > 1 and known.get(steps, 0) > nfe:
+        steps -= 1
     best = None
     while steps >= 1:                       # down until one fits
         r = run(steps)
@@ -654,20 +655,22 @@ def _nfe_list(s):
 
 
 def _names_epilog():
-    from .recipes import recipe
+    from .recipes import SCHEDULE_RECIPES, SCHEDULER_NODE, SOLVER_RECIPES, node_call
     from .samplers.registry import SOLVERS
     det = [n for n, s in SOLVERS.items() if not s.stochastic]
     sto = [n for n, s in SOLVERS.items() if s.stochastic]
     w = lambda text: textwrap.fill(text, 100, subsequent_indent="    ")  # noqa: E731
     lines = ["solvers (--solvers; default: all):"]
     for n in det:
-        lines.append(w(f"  {n}: {SOLVERS[n].description}"))
+        sr = SOLVER_RECIPES[n]
+        where = node_call(sr.node, sr.widgets) + (f" or KSampler sampler {sr.ksampler}" if sr.ksampler else "")
+        lines.append(w(f"  {n}: {SOLVERS[n].description} [in ComfyUI: {where}]"))
     lines.append(w("stochastic solvers, not compared (they do not solve the ODE this measures): " + ", ".join(sto)))
     lines += ["", "schedules (--schedules; default: all):"]
     for s in SCHEDULE_NAMES:
-        r = recipe("ddim", s)
-        k = f"KSampler scheduler {r['scheduler']}" if r["kind"] == "ksampler" else "FewStepScheduler only"
-        lines.append(w(f"  {s} ({k})"))
+        sc = SCHEDULE_RECIPES[s]
+        where = node_call(SCHEDULER_NODE, sc.widgets) + (f" or KSampler scheduler {sc.ksampler}" if sc.ksampler else "")
+        lines.append(w(f"  {s} [in ComfyUI: {where}]"))
     q, f = QUICK, FULL
     lines += ["", "grids:",
               w(f"  quick (default): families {','.join(q.families)}, cfg {','.join(f'{c:g}' for c in q.cfgs)}, "
@@ -678,7 +681,7 @@ def _names_epilog():
     return "\n".join(lines)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(prog="python -m fewstep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -705,9 +708,26 @@ def main(argv=None):
                    help="torch CPU threads (default 1: the tensors are small, more threads only contend)")
     c.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder")
     c.add_argument("--quiet", action="store_true", help="no progress line")
-    a = p.parse_args(argv)
-    if a.cmd != "compare":
-        return 2
+    return p
+
+
+@dataclass
+class Plan:
+    """What a compare command line will run (checked, before anything runs)."""
+    grid: str                     # quick, full or custom
+    families: list
+    cfgs: list
+    nfes: list
+    solvers: list
+    schedules: list
+    samples: int
+    latent: tuple
+    cases: list
+    args: argparse.Namespace
+
+
+def plan_from_args(argv=None) -> Plan:
+    a = parser().parse_args(argv)
     grid = FULL if a.full else QUICK
     families = a.families or list(grid.families)
     for f in families:
@@ -726,25 +746,30 @@ def main(argv=None):
     custom = any(v is not None for v in (a.families, a.cfg, a.nfe, a.solvers, a.schedules)) or \
         a.samples != grid.samples or latent != grid.latent
     cfgs = a.cfg or list(grid.cfgs)
-    nfes = a.nfe or list(grid.nfes)
+    nfes = sorted(set(a.nfe or grid.nfes))
     schedules = a.schedules or list(grid.schedules)
-    table = check_names(a.solvers, schedules)
+    solvers = list(check_names(a.solvers, schedules))
+    return Plan("custom" if custom else grid.name, families, cfgs, nfes, solvers, schedules, a.samples, latent,
+                plan(families, cfgs, solvers, schedules, nfes), a)
+
+
+def main(argv=None):
+    pl = plan_from_args(argv)
+    a = pl.args
     torch.set_num_threads(a.threads)
-    n_cases = len(plan(families, cfgs, list(table), schedules, nfes))
     if not a.quiet:
-        print(f"fewstep compare: {'custom' if custom else grid.name} grid, {n_cases} cases "
-              f"({len(families)} families × {len(cfgs)} cfg × {len(table)} solvers × {len(schedules)} schedules), "
-              f"each at NFE {_fmt_nfes(sorted(set(nfes)))}" + ("" if a.full else "; --full for NFE 4-20"),
+        print(f"fewstep compare: {pl.grid} grid, {len(pl.cases)} cases ({len(pl.families)} families × "
+              f"{len(pl.cfgs)} cfg × {len(pl.solvers)} solvers × {len(pl.schedules)} schedules), each at NFE "
+              f"{_fmt_nfes(pl.nfes)}" + ("" if a.full else f"; --full for NFE {_fmt_nfes(FULL.nfes)}"),
               file=sys.stderr)
-    comp = compare(families, cfgs, nfes, a.samples, latent, a.components, a.seed, a.shift, a.solvers, schedules,
-                   progress=not a.quiet, grid="custom" if custom else grid.name)
+    comp = compare(pl.families, pl.cfgs, pl.nfes, pl.samples, pl.latent, a.components, a.seed, a.shift, pl.solvers,
+                   pl.schedules, progress=not a.quiet, grid=pl.grid)
     for msg, n in comp.warnings:
         print(f"warning ({n} run{'s' if n != 1 else ''}): {msg}", file=sys.stderr)
     a.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(comp)
     md_path = a.out / "compare.md"
     tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text(md)
+    tmp.write_text(markdown(comp))
     os.replace(tmp, md_path)
     png = plot(comp, a.out / "compare.png")
     print(summary(comp))
