@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .core.analytic import AnalyticModel, reference_solve
+from .recipes import SCHEDULE_RECIPES, SCHEDULER_NODE, SOLVER_RECIPES, node_call, recipe, recipe_text
 from .schedules import SCHEDULE_NAMES, get_schedule
 
 #: RK4 steps (in log sigma) of the exact reference: 500 steps are within 6e-8 RMS of a 2000-step solve
@@ -198,11 +199,9 @@ class collected_warnings:
     def __enter__(self):
         self._log = logging.getLogger("FewStep")
         self._handler = _Collect(self.counts)
-        self._saved = (self._log.propagate, self._log.level)
+        self._saved = self._log.propagate
         self._log.addHandler(self._handler)
         self._log.propagate = False
-        if self._log.level == logging.NOTSET or self._log.level > logging.WARNING:
-            self._log.setLevel(logging.WARNING)
         self._warn = warnings.catch_warnings(record=True)
         self._records = self._warn.__enter__()
         warnings.simplefilter("always")
@@ -213,8 +212,7 @@ class collected_warnings:
         for w in self._records:
             self.counts[f"{w.category.__name__}: {w.message}"] += 1
         self._log.removeHandler(self._handler)
-        self._log.propagate, level = self._saved
-        self._log.setLevel(level)
+        self._log.propagate = self._saved
         return False
 
 
@@ -437,7 +435,6 @@ def rows_for(comp: Comparison, family, cfg):
 
 def row_recipe(group, schedule) -> str:
     """The recipe of a group of identical solvers: a member with KSampler entries if there is one."""
-    from .recipes import recipe, recipe_text
     for s in group:
         if recipe(s, schedule)["kind"] == "ksampler":
             return recipe_text(s, schedule)
@@ -655,7 +652,6 @@ def _nfe_list(s):
 
 
 def _names_epilog():
-    from .recipes import SCHEDULE_RECIPES, SCHEDULER_NODE, SOLVER_RECIPES, node_call
     from .samplers.registry import SOLVERS
     det = [n for n, s in SOLVERS.items() if not s.stochastic]
     sto = [n for n, s in SOLVERS.items() if s.stochastic]
@@ -758,10 +754,12 @@ def main(argv=None):
     a = pl.args
     torch.set_num_threads(a.threads)
     if not a.quiet:
-        print(f"fewstep compare: {pl.grid} grid, {len(pl.cases)} cases ({len(pl.families)} families × "
-              f"{len(pl.cfgs)} cfg × {len(pl.solvers)} solvers × {len(pl.schedules)} schedules), each at NFE "
-              f"{_fmt_nfes(pl.nfes)}" + ("" if a.full else f"; --full for NFE {_fmt_nfes(FULL.nfes)}"),
-              file=sys.stderr)
+        n = lambda k, one, many: f"{k} {one if k == 1 else many}"  # noqa: E731
+        print(f"fewstep compare: {pl.grid} grid, {n(len(pl.cases), 'case', 'cases')} ("
+              f"{n(len(pl.families), 'family', 'families')} × {len(pl.cfgs)} cfg × "
+              f"{n(len(pl.solvers), 'solver', 'solvers')} × {n(len(pl.schedules), 'schedule', 'schedules')}), "
+              f"each at NFE {_fmt_nfes(pl.nfes)}"
+              + (f"; --full for NFE {_fmt_nfes(FULL.nfes)}" if pl.grid == "quick" else ""), file=sys.stderr)
     comp = compare(pl.families, pl.cfgs, pl.nfes, pl.samples, pl.latent, a.components, a.seed, a.shift, pl.solvers,
                    pl.schedules, progress=not a.quiet, grid=pl.grid)
     for msg, n in comp.warnings:
