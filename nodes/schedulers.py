@@ -169,6 +169,7 @@ KSAMPLER_SCHEDULERS = {
     "fewstep_logsnr": _ksampler_handler("logsnr_uniform"),
     "fewstep_time_uniform": _ksampler_handler("time_uniform"),
     "fewstep_time_quadratic": _ksampler_handler("time_quadratic"),
+    "fewstep_beta": _ksampler_handler("beta"),
 }
 
 

@@ -388,6 +388,7 @@ KSAMPLER_SAMPLERS = {
     "fewstep_pndm": ("pndm", "sample_pndm", {"warmup": "lower"}, "PLMS with lower-order warm-up"),
     "fewstep_ddim": ("ddim", "sample_ddim", {"eta": 0.0}, "DDIM (eta 0)"),
     "fewstep_edm_heun": ("edm", "sample_edm", {"method": "heun", "s_churn": 0.0}, "EDM Heun, 2 calls per step"),
+    "fewstep_deis_4": ("deis", "sample_deis", {"order": 4}, "DEIS tAB4"),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 pytestmark = pytest.mark.host
 
 FEWSTEP_SCHEDULERS = ["fewstep_ays", "fewstep_ays_sdxl", "fewstep_logsnr", "fewstep_time_uniform",
-                      "fewstep_time_quadratic"]
+                      "fewstep_time_quadratic", "fewstep_beta"]
 
 
 def test_scheduler_names_registered_in_place(comfy):
@@ -51,7 +51,7 @@ def test_scheduler_node_and_ksampler_entry_agree(comfy):
     node = comfy.NODES["FewStepScheduler"]()
     ms = model.get_model_object("model_sampling")
     for sched, kname in [("logsnr_uniform", "fewstep_logsnr"), ("time_quadratic", "fewstep_time_quadratic"),
-                         ("time_uniform", "fewstep_time_uniform")]:
+                         ("time_uniform", "fewstep_time_uniform"), ("beta", "fewstep_beta")]:
         a = node.get_sigmas(model, sched, 9, 1.0, 7.0)[0]
         b = cs.calculate_sigmas(ms, kname, 9)
         assert torch.equal(a, b)

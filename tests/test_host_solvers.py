@@ -50,7 +50,8 @@ NODE_CASES = [
 CASE_IDS = [f"{n}-" + "-".join(str(v) for v in kw.values()) for n, kw, _ in NODE_CASES]
 
 KSAMPLER_NAMES = ["fewstep_dpmpp_2m", "fewstep_dpmpp_3m", "fewstep_dpmpp_2s", "fewstep_unipc_bh1",
-                  "fewstep_unipc_bh2", "fewstep_deis_3", "fewstep_pndm", "fewstep_ddim", "fewstep_edm_heun"]
+                  "fewstep_unipc_bh2", "fewstep_deis_3", "fewstep_pndm", "fewstep_ddim", "fewstep_edm_heun",
+                  "fewstep_deis_4"]
 
 
 # ------------------------------------------------------------------------------------------------
