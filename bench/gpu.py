@@ -552,6 +552,20 @@ def count_loop_syncs(fn, device) -> dict:
             "steps_marked": len(marks)}
 
 
+def sync_selftest(device) -> int:
+    """count_loop_syncs on a loop that reads a device value after each of its 5 step marks: 4 of the
+    reads lie inside the loop, so a working counter sees at least 4 (0 would mean the profiler shows no
+    runtime events here, and a 0 for the solvers would prove nothing)."""
+    v = torch.ones(64, device=device)
+
+    def loop(mark):
+        for i in range(5):
+            mark(None)
+            float((v * i).sum())
+
+    return count_loop_syncs(loop, device)["in_loop"]
+
+
 class Stub:
     """The k-diffusion model a sampler gets, without the network: a fixed output tensor. Carries what
     FewStep's node wrapper reads (``inner_model.model_patcher`` -> model_sampling)."""
@@ -596,6 +610,9 @@ def solver_rows(host, device, shapes: dict, steps: int, reps: int, budget: Budge
     ms_comfy = comfy.model_base.model_sampling(comfy.supported_models.SD15(dict(SD15)), comfy.model_base.ModelType.EPS)
     timer = Timer(device)
     rows = []
+    planted = sync_selftest(device)
+    counter_ok = planted >= 4
+    print(f"  sync counter self-test: {planted} syncs seen for 4 planted reads", flush=True)
     sig = {n: get_schedule("karras", n, ms_fs).to(device, torch.float32) for n in (steps, 2 * steps)}
     for kind, shape in shapes.items():
         g = torch.Generator().manual_seed(1)
@@ -632,7 +649,10 @@ def solver_rows(host, device, shapes: dict, steps: int, reps: int, budget: Budge
                 row["values"] = {"overhead_ms": per_step * 1e3, "calls_per_step": (calls[2 * steps] - calls[steps]) / steps,
                                  "syncs_in_loop": syncs["in_loop"], "syncs_per_run": syncs["per_run"],
                                  "reads_in_loop": syncs["reads_in_loop"], "share": None}
-                if name == NODE_SDE and device.type == "cpu":
+                if not counter_ok:
+                    row["values"]["syncs_in_loop"] = None
+                    row["note"] = f"host syncs not counted: the profiler saw {planted} of 4 planted syncs"
+                elif name == NODE_SDE and device.type == "cpu":
                     # torchsde's tree reads its own CPU tensors: the CPU stand-in does not apply (no sync there)
                     row["values"]["syncs_in_loop"] = None
                     row["note"] = (f"CPU: {syncs['in_loop']} reads of torchsde's own CPU tensors, not syncs; "
@@ -642,6 +662,9 @@ def solver_rows(host, device, shapes: dict, steps: int, reps: int, budget: Budge
             except Exception as e:  # a broken solver is a row with its error, not a lost table
                 row["note"] = f"error: {type(e).__name__}: {e}"
             rows.append(row)
+    rows.append({"section": "solvers", "item": "sync counter self-test", "model": "-", "dtype": "-", "batch": None,
+                 "values": {"planted": 4, "seen": planted},
+                 "note": "ok" if counter_ok else "FAIL: the profiler does not show the planted syncs"})
     return rows
 
 
@@ -884,6 +907,8 @@ def _cells(r) -> list:
         if "overhead_pct" in v:
             other.append(f"overhead {v['overhead_pct']:+.1f}%")
         return [_fmt(v.get("s_per_step"), " s/step"), _fmt(v.get("ratio")), _fmt(v.get("bound")), "; ".join(other)]
+    if s == "solvers" and "planted" in v:
+        return ["-", "-", "-", f"{v['seen']} syncs seen for {v['planted']} planted reads"]
     if s == "solvers":
         share = v.get("share")
         return [_fmt(v.get("overhead_ms"), " ms/step"), "-" if share is None else f"{share * 100:.3g}% of a UNet call",
@@ -963,6 +988,9 @@ def check_table(data: dict, dtypes, batches=(1, 4), device="cpu") -> list:
                         (["share_shallow", "share_gated", "share_shallow_gated"] if p == "uncached" and kind in UNETS else [])
                     need(find("patches", PATCH_LABEL[p], kind, dt, b), keys, f"patches {kind} {dt} b{b} {p}")
         find("patches", DIT_NOTE, "flux", dt)
+    st = find("solvers", "sync counter self-test", "-")
+    if st is not None and not (st["values"].get("seen", 0) >= 4):
+        problems.append(f"solvers: the sync counter saw {st['values'].get('seen')!r} of 4 planted syncs")
     for kind in UNETS:
         for name in SOLVERS:
             r = find("solvers", name, kind)
@@ -1111,7 +1139,8 @@ def main(argv=None) -> int:
             tmp.write_text(text)
             os.replace(tmp, out / name)
         print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'}")
-    bad_sync = [r for r in rows if r["section"] == "solvers" and r["values"].get("syncs_in_loop")]
+    bad_sync = [r for r in rows if r["section"] == "solvers" and (r["values"].get("syncs_in_loop")
+                                                                 or r["note"].startswith("FAIL"))]
     errors = [r for r in rows if r["note"].startswith("error")]
     if bad_sync:
         print("FAIL: host syncs inside the sampling loop: " + ", ".join(f"{r['item']} ({r['model']})" for r in bad_sync))
