@@ -912,7 +912,7 @@ def _cells(r) -> list:
     if s == "solvers":
         share = v.get("share")
         return [_fmt(v.get("overhead_ms"), " ms/step"), "-" if share is None else f"{share * 100:.3g}% of a UNet call",
-                "-", f"host syncs in loop {v.get('syncs_in_loop', '-')} (run {v.get('syncs_per_run', '-')}), "
+                "-", f"host syncs in loop {_fmt(v.get('syncs_in_loop'))} (run {_fmt(v.get('syncs_per_run'))}), "
                      f"calls/step {_fmt(v.get('calls_per_step'))}" if v else ""]
     if s == "trainers":
         if not v:
