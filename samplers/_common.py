@@ -175,6 +175,21 @@ def x_from(x0, eps, sigma: float, family: str):
 
 
 # ------------------------------------------------------------------------------------------------
+def step_noise(noise_sampler, sigma: float, sigma_next: float, like: torch.Tensor) -> torch.Tensor:
+    """``noise_sampler(sigma, sigma_next)`` for one step, on ``like``'s device, without a host sync.
+
+    The step's sigmas are passed as Python floats (from the run's Grid): reading a device tensor's
+    value (``float(t)``, ``.item()``, ``.cpu()``) makes the host wait for the device on every step.
+    A sampler that draws on the CPU (ComfyUI's Brownian tree given CPU sigmas) returns a CPU tensor;
+    it is put on ``like``'s device, on CUDA with a non-blocking copy, which the device stream orders
+    before its use (the values are the same as with a blocking copy; other devices copy as before)."""
+    z = noise_sampler(sigma, sigma_next)
+    if z.device != like.device:
+        z = z.to(like.device, non_blocking=like.device.type == "cuda")
+    return z
+
+
+# ------------------------------------------------------------------------------------------------
 def resolve_seed(seed, extra_args) -> int:
     if seed is not None:
         return int(seed)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._common import check_float_range, setup
+from ._common import check_float_range, setup, step_noise
 from .noise import make_noise_sampler
 
 
@@ -41,5 +41,5 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         e_h = (t * a_s) / (s * a_t)
         c = eta * t * math.sqrt(max(0.0, 1.0 - e_h * e_h))
         x = a_t * denoised + math.sqrt(max(0.0, t * t - c * c)) * eps \
-            + (c * s_noise) * noise_sampler(sigmas[i], sigmas[i + 1])
+            + (c * s_noise) * step_noise(noise_sampler, s, t, x)
     return x

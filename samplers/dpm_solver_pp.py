@@ -31,7 +31,8 @@ import math
 import torch
 
 from ._common import (check_choice, check_float_range, first_order_coeffs, limit_order_by_step_ratio,
-                      multistep_order, phi, setup, sigma_of_lam, step_order, taylor_derivatives)
+                      multistep_order, phi, setup, sigma_of_lam, step_noise, step_order,
+                      taylor_derivatives)
 from .noise import NOISE_TYPES, make_noise_sampler
 
 SOLVER_TYPES = ("midpoint", "heun")
@@ -40,7 +41,6 @@ WARMUPS = ("lower", "singlestep")
 
 def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noise_sampler=None,
                solver_type="midpoint", warmup="lower", min_step_ratio=0.2):
-    sigmas = run.sigmas
     hist_d, hist_l = [], []          # previous data predictions and their lambdas, newest first
     c = 1.0 + eta
     for i in range(grid.n):
@@ -80,7 +80,7 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
                         x_new = x_new + (a_t * c * h ** 3 * phi(3, -c * h)) * ders[1]
         if eta > 0 and s_noise > 0:
             x_new = x_new + (t * math.sqrt(max(0.0, 1.0 - e_h ** (2 * eta))) * s_noise) \
-                * noise_sampler(sigmas[i], sigmas[i + 1])
+                * step_noise(noise_sampler, s, t, x)
         x = x_new
     return x
 

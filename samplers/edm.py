@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ._common import alpha_of, check_choice, check_float_range, setup
+from ._common import alpha_of, check_choice, check_float_range, setup, step_noise
 from .noise import make_noise_sampler
 
 METHODS = ("heun", "euler")
@@ -48,7 +48,7 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
         if grid.family == "flow":
             s_hat = min(s_hat, 1.0)
         if s_hat > s:
-            x = renoise(x, s, s_hat, grid.family, s_noise * noise_sampler(s_hat, s))
+            x = renoise(x, s, s_hat, grid.family, s_noise * step_noise(noise_sampler, s_hat, s, x))
             denoised = run.denoise(x, sigma=s_hat)
         else:
             denoised = run.denoise(x, i)

@@ -54,7 +54,8 @@ class GaussianNoiseSampler:
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
         z = torch.randn(self.shape, generator=self.generator, dtype=torch.float32)
-        return z.to(device=self.device, dtype=self.dtype)
+        # non_blocking on CUDA: a blocking copy to the GPU waits for the device to finish the queued work
+        return z.to(device=self.device, dtype=self.dtype, non_blocking=self.device.type == "cuda")
 
 
 class BrownianPath:
@@ -129,7 +130,7 @@ class BrownianNoiseSampler:
             raise ValueError("BrownianNoiseSampler needs sigma != sigma_next")
         dw = self.path(s1) - self.path(s0)
         z = dw / math.sqrt(abs(s1 - s0))
-        return z.to(device=self.device, dtype=self.dtype)
+        return z.to(device=self.device, dtype=self.dtype, non_blocking=self.device.type == "cuda")  # as Gaussian
 
 
 def make_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, noise: str = "brownian", seed=None,

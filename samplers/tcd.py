@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..core.model_sigmas import ModelSigmas
-from ._common import check_float_range, eps_from_x0, setup, x_from
+from ._common import check_float_range, eps_from_x0, setup, step_noise, x_from
 from .edm import renoise
 from .noise import make_noise_sampler
 
@@ -50,11 +50,13 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     fam = grid.family
     if gamma > 0:
         noise_sampler = make_noise_sampler(x, sigmas, "gaussian", seed, run.extra_args, noise_sampler)
+    # the intermediate sigmas of every step, before the loop (they read the model's sigma grid)
+    s_mids = [intermediate_sigma(grid.sigma[i + 1], gamma, fam, model_sigmas) for i in range(grid.n)]
     for i in range(grid.n):
         denoised, s, t = run.start(i, x, grid)
         eps = eps_from_x0(x, denoised, s, fam)
-        s_mid = intermediate_sigma(t, gamma, fam, model_sigmas)
+        s_mid = s_mids[i]
         x = x_from(denoised, eps, s_mid, fam)
         if s_mid < t:
-            x = renoise(x, s_mid, t, fam, noise_sampler(s, t))
+            x = renoise(x, s_mid, t, fam, step_noise(noise_sampler, s, t, x))
     return x
