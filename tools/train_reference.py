@@ -30,16 +30,22 @@ thread count, so a rerun with the same seed, threads and versions writes the sam
    ``BaseModel``), ``comfy.sample.sample`` with dpmpp_2m + karras, VAE decode, classifier: class
    accuracy and Fréchet distance per cfg; stored in the metadata and printed.
 
-Budget arithmetic (full run, default). Seconds per iteration measured in the ``--quick`` run of
-2026-12-01 on this 2-core machine with two threads while other jobs shared the cores
-(cpu/wall ~0.5, so uncontended wall time is about the CPU time / 2 / 0.85):
-    ae    batch 32: T_AE   s/it      x AE_STEPS
-    clf   batch 64: T_CLF  s/it      x CLF_STEPS
-    bank  encoder forward: T_BANK s per 1024 images x BANK/1024
-    unet  batch 64: T_UNET s/it      x UNET_STEPS
-    eval  ~1 min
-See BUDGETS and NOMINAL below for the figures; the sum is printed at start ("planned") and every
-progress line carries the run's ETA from the measured rates.
+Budget arithmetic (full run, default; "s/it" = seconds per iteration). Measured on 2026-12-01 on
+the 2-core machine while three other jobs shared it (load average 4-6), so wall times then were
+1.5-7x the CPU times, and two threads burnt CPU waiting on each other; the figures below are the
+least-disturbed single-thread CPU seconds per iteration (min..median over 6 steps after warm-up,
+tools' own code paths), i.e. what one uncontended core does:
+    ae    batch 32   0.27..0.37 s/it  x 2500          =  ~830 s
+    clf   batch 64   0.15..0.17 s/it  x 2000          =  ~320 s
+    stats, held-out checks (12k images rendered + classified)  ~40 s
+    bank  40960 images rendered + encoded, ~2.3 s per 1024   =  ~95 s
+    unet  batch 64   0.52..0.62 s/it  x 6000          = ~3400 s
+    eval  3 cfgs x 100 samples x 20 steps dpmpp_2m          =  ~30 s
+    total ~4700 s = 79 min on ONE uncontended core; two threads on two free cores (speed-up
+    1.3-1.7x on these small tensors) -> ~46-60 min, inside the 90-minute budget with margin.
+Run it alone on the machine: with other jobs on the cores, use ``--threads 1`` (two threads then
+lose more to waiting than they gain). NOMINAL holds the per-iteration figures the ETA starts from
+(2 free cores); every progress line replaces them with measured rates.
 """
 from __future__ import annotations
 
