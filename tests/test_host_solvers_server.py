@@ -26,7 +26,7 @@ def test_solver_nodes_and_names_in_object_info(comfy_server):
         assert info[node]["output"] == ["SAMPLER"]
     names = info["KSampler"]["input"]["required"]["sampler_name"][0]
     for name in ("fewstep_dpmpp_2m", "fewstep_dpmpp_3m", "fewstep_unipc_bh2", "fewstep_deis_3", "fewstep_pndm",
-                 "fewstep_ddim", "fewstep_edm_heun"):
+                 "fewstep_ddim", "fewstep_edm_heun", "fewstep_deis_4"):
         assert name in names
     failed = [ln for ln in comfy_server.log().splitlines() if "IMPORT FAILED" in ln and "fewstep" in ln.lower()]
     assert not failed, failed
