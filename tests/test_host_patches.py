@@ -399,6 +399,8 @@ def test_bypass_leaves_model_bit_identical_and_twice_is_once(env):
 
 
 def test_unsupported_models_error_at_patch_time(comfy):
+    """The analytic model has no network: every patch refuses it, naming it. FreeU is UNet-only and
+    refuses a DiT (Flux); DeepCache and T-GATE on DiTs are tested in test_host_patches_dit.py."""
     from fewstep.nodes.analytic import make_analytic_patcher
     from fewstep.patches._unet import UnsupportedModelError
     from fewstep.patches.deepcache import apply_deepcache
@@ -406,26 +408,17 @@ def test_unsupported_models_error_at_patch_time(comfy):
     from fewstep.patches.tgate import apply_tgate
 
     analytic, _, _ = make_analytic_patcher("flow")
-    flux = _tiny_flux_patcher()
-    for m, name in ((analytic, "AnalyticBaseModel"), (flux, "Flux")):
-        for patch in (lambda m: apply_deepcache(m, 3), lambda m: apply_tgate(m, 0.4),
-                      lambda m: apply_freeu(m, 1, 1.1, 1.2, 0.9, 0.2)):
-            with pytest.raises(UnsupportedModelError, match=name):
-                patch(m)
+    for patch in (lambda m: apply_deepcache(m, 3), lambda m: apply_tgate(m, 0.4),
+                  lambda m: apply_freeu(m, 1, 1.1, 1.2, 0.9, 0.2)):
+        with pytest.raises(UnsupportedModelError, match="AnalyticBaseModel"):
+            patch(analytic)
+    with pytest.raises(UnsupportedModelError, match="Flux"):
+        apply_freeu(_tiny_flux_patcher(), 1, 1.1, 1.2, 0.9, 0.2)
 
 
 def _tiny_flux_patcher():
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 16,
-           "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-           "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
-           "guidance_embed": False}
-    mc = comfy.supported_models.Flux(cfg)
-    model = mc.get_model({}, device="cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    import dit_factory
+    return dit_factory.make_dit_patcher("flux", seed=0)
 
 
 def env_node(comfy, name):
@@ -451,7 +444,7 @@ def test_nodes_widgets_and_errors(env, comfy):
 
 
 def test_nonuniform_schedule_follows_the_paper():
-    from fewstep.patches.deepcache import full_steps
+    from fewstep.patches.deepcache import full_steps  # re-exported from core.cache_schedule
 
     assert full_steps(10, 3) == [0, 3, 6, 9]
     assert full_steps(10, 1) == list(range(10))
