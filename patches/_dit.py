@@ -31,7 +31,8 @@ class DiTArch:
     blocks: tuple                 # ((kind, index), ...) in execution order
     streams: dict                 # kind -> tuple of the stream names that block returns
     block_hook: bool              # patches_replace["dit"] is honoured
-    cross_attention: str          # "override" (Wan), "none" (joint attention), "no hook" (PixArt)
+    cross_attention: str          # "override" (Wan), "none" (joint attention), "no hook" (PixArt),
+                                  # "other blocks" (a Wan variant whose blocks are not the plain Wan block)
 
     @property
     def n_blocks(self) -> int:
@@ -65,8 +66,12 @@ def describe(model) -> DiTArch | None:
         return DiTArch("SD3 MMDiT", tuple(("double_block", i) for i in range(len(dm.joint_blocks))),
                        {"double_block": ("img", "txt")}, True, "none")
     if Wan is not None and isinstance(dm, Wan):
+        # cross-attention caching relies on the plain Wan block's attention order (self, then text
+        # cross-attention); blocks with extra attention (e.g. Humo's audio block) get the uncond drop only
+        WanBlock = _cls("comfy.ldm.wan.model", "WanAttentionBlock")
+        plain = all(type(b) is WanBlock for b in dm.blocks)
         return DiTArch("Wan", tuple(("double_block", i) for i in range(len(dm.blocks))),
-                       {"double_block": ("img",)}, True, "override")
+                       {"double_block": ("img",)}, True, "override" if plain else "other blocks")
     if Qwen is not None and isinstance(dm, Qwen):
         return DiTArch("Qwen-Image", tuple(("double_block", i) for i in range(len(dm.transformer_blocks))),
                        {"double_block": ("img", "txt")}, True, "none")

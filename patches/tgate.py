@@ -312,9 +312,12 @@ def _apply_dit(model, arch, settings):
         note = None
     elif arch.cross_attention == "none":
         note = ("no cross-attention to cache (joint text-image attention: only the uncond drop applies)")
-    else:
+    elif arch.cross_attention == "no hook":
         note = ("cross-attention not cached (PixArt calls its attention without transformer_options, so no "
                 "attention override can reach it: only the uncond drop applies)")
+    else:
+        note = (f"cross-attention not cached (this {arch.name} variant's blocks are not the plain Wan block whose "
+                "attention order T-GATE relies on: only the uncond drop applies)")
     settings = dict(settings, arch=arch.name, ca_note=note)
     m = model.clone()
     _drop_dit_parts(m)

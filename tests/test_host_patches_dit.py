@@ -327,3 +327,21 @@ def test_nodes_dit_widgets(df, comfy):
         sample(df, "flux", out)
     assert c.counts == [6, 6, 2, 6, 6]
     assert torch.equal(sample(df, "flux", comfy.NODES["FewStepTGate"]().patch(m, 1.0, True)[0]), sample(df, "flux", m))
+
+
+@pytest.mark.parametrize("kind", ["flux", "wan21"])
+def test_deepcache_separate_cond_and_uncond_calls_keep_their_own_residual(df, kind, caplog):
+    """A negative prompt of another length (37 vs 8 tokens) cannot be batched with the positive one:
+    cond and uncond run as separate model calls, each reusing its own chunk's residual (the text
+    stream of Flux has another shape per chunk)."""
+    from fewstep.patches.deepcache import apply_deepcache
+
+    caplog.set_level(logging.INFO, logger="FewStep")
+    m = base(df, kind)
+    with BlockCounter(m) as c:
+        out = sample(df, kind, apply_deepcache(m, 3), neg_tokens=37)
+    n = len(c.counts)
+    assert c.counts == [12] + [4] * (n - 2) + [12]
+    assert torch.isfinite(out).all()
+    msg = fewstep_logs(caplog, "DeepCache")[-1]
+    assert "4 full and 8 cached model calls over 6 steps" in msg and "ran in full" not in msg, msg
