@@ -15,7 +15,6 @@ as N=2/N=3 (fewer steps: the equal-compute alternative). Pure torch, no ComfyUI.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

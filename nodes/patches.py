@@ -79,8 +79,8 @@ class FewStepTGate:
                              "CFG's unconditional pass is skipped. 1.0 = never gate (no change)."}),
             "self_attn_cache": ("BOOLEAN", {"default": False, "tooltip":
                                 "After the gate, also reuse self-attention output on every other step "
-                                "(T-GATE v2). Faster, slightly further from the unpatched result. UNets only; ignored on "
-                                "DiTs."}),
+                                "(T-GATE v2). Faster, slightly further from the unpatched result. UNets only; "
+                                "ignored on DiTs."}),
         }}
 
     def patch(self, model, gate_percent, self_attn_cache):

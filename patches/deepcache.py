@@ -217,7 +217,8 @@ class DiTDeepCacheRun(DeepCacheRun):
     def store(self, uuids, shapes, residual):
         n = len(uuids)
         for i, u in enumerate(uuids):
-            self.cache[u] = (shapes, {k: (v.chunk(n, dim=0)[i] if v is not None else None) for k, v in residual.items()})
+            part = {k: (v.chunk(n, dim=0)[i] if v is not None else None) for k, v in residual.items()}
+            self.cache[u] = (shapes, part)
         self.cache_bytes = sum(v.numel() * v.element_size() for _, r in self.cache.values() for v in r.values()
                                if v is not None)
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes)

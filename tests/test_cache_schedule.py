@@ -37,7 +37,8 @@ def test_block_plan_rejects_nothing_left_to_cache(n, lead, trail):
 
 
 def test_block_plan_error_names_the_widgets_and_range():
-    with pytest.raises(ValueError, match=r"dit_leading_blocks \+ dit_trailing_blocks must be in \[0, 4\].*5 transformer"):
+    msg = r"dit_leading_blocks \+ dit_trailing_blocks must be in \[0, 4\].*5 transformer"
+    with pytest.raises(ValueError, match=msg):
         dit_block_plan(5, 3, 2)
 
 

@@ -64,8 +64,13 @@ class BlockCounter:
 
     def __enter__(self):
         for i, m in enumerate(self.mods):
-            self.handles.append(m.register_forward_pre_hook(lambda mod, a, i=i: self.counts.__setitem__(i, self.counts[i] + 1)))
+            self.handles.append(m.register_forward_pre_hook(self._hook(i)))
         return self
+
+    def _hook(self, i):
+        def hook(module, args):
+            self.counts[i] += 1
+        return hook
 
     def __exit__(self, *exc):
         for h in self.handles:
