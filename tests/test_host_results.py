@@ -20,7 +20,8 @@ def test_error_node_scores_samplers_against_the_exact_solution(comfy, family):
     model, pos, neg, fine = _sample(comfy, family, "dpmpp_2m", 200)
     res = node.measure(model, pos, neg, fine, 7, 2.0)
     report, rms = res["result"]
-    assert rms < 2e-3, report
+    # eps: 5.2e-4 measured; starting from noise*sigma instead of ComfyUI's noise*sqrt(1+sigma^2) gives 1.1e-3
+    assert rms < {"eps": 8e-4, "flow": 1.5e-3}[family], report
     assert res["ui"]["text"] == [report] and "RMS error vs exact" in report
     _, _, _, coarse = _sample(comfy, family, "euler", 4)
     rms_coarse = node.measure(model, pos, neg, coarse, 7, 2.0)["result"][1]
