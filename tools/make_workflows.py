@@ -43,7 +43,7 @@ CONTROL_DEFAULT = "fixed"
 PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170, "FewStepAYSOptimize": 170}
 
 #: extra height for what nodes show after a run (the saved picture, a report line)
-RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 60}
+RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54}
 SLOT_H, WIDGET_H, PAD_H, TITLE_H = 20, 24, 14, 30
 MIN_W, COL_GAP, ROW_GAP = 220, 40, 30
 #: the view every example must fit at 100% zoom (node boxes, title bars included), and the margin kept
@@ -274,7 +274,7 @@ def node_size(info, n_sockets_in, n_widgets, type_name, title):
     n_out = len(info.get("output") or [])
     rows = max(n_sockets_in, n_out, 1)
     h = rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0) + RESULT_HEIGHT.get(type_name, 0)
-    w = max(MIN_W, int(7.5 * len(title)) + 50)
+    w = max(MIN_W if type_name not in PREVIEW_HEIGHT else 260, int(7.5 * len(title)) + 50)
     return [w, h]
 
 
