@@ -40,7 +40,7 @@ def test_all_patch_workflows_exist():
 def test_patch_workflow_runs_headless(path, comfy_server, tiny_checkpoint):
     prompt = json.loads(path.read_text())
     loaders = [n for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
-    assert loaders and all(n["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly.safetensors" for n in loaders)
+    assert loaders and all(n["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly-fp16.safetensors" for n in loaders)
     for n in loaders:
         n["inputs"]["ckpt_name"] = tiny_checkpoint
     for n in prompt.values():

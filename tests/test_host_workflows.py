@@ -88,6 +88,24 @@ def test_every_workflow_ends_in_a_saved_image(path):
         assert errs[0]["inputs"]["noise_seed"] == seed, path.name
 
 
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_model_files_carry_their_download(path):
+    """A workflow that loads a checkpoint carries the ``models`` metadata (name, url, directory) that
+    makes the editor offer the download, and its Note names the file."""
+    ui = json.loads(path.read_text())
+    loaders = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    if not loaders:
+        assert "models" not in ui
+        return
+    for n in loaders:
+        name = n["widgets_values"][0]
+        entry = [m for m in ui["models"] if m["name"] == name]
+        assert entry and entry[0]["directory"] == "checkpoints", ui.get("models")
+        assert entry[0]["url"].startswith("https://huggingface.co/") and entry[0]["url"].endswith("/" + name)
+        assert n["properties"]["models"] == entry
+        assert name in next(x for x in ui["nodes"] if x["type"] == "Note")["widgets_values"][0]
+
+
 def test_there_are_example_workflows():
     names = {p.stem for p in API_FILES}
     assert {"basic_ksampler", "scheduler_ays", "scheduler_fewstep"} <= names

@@ -356,6 +356,9 @@ def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, mod
             ui["inputs"] = node_in[k]
         ui["outputs"] = outs
         ui["properties"] = {"Node name for S&R": ctype}
+        file_models = [m for m in (models or []) if m["name"] in given.values()]
+        if file_models:  # the editor offers these downloads when the file is missing
+            ui["properties"]["models"] = file_models
         ui["widgets_values"] = values
         if title != display:
             ui["title"] = title
@@ -379,7 +382,8 @@ def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, mod
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}, **({"models": models} if models else {})},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        **({"models": models} if models else {}),
         "version": 0.4,
     }
 
@@ -707,7 +711,10 @@ def load_note(api_path: Path) -> str:
 
 #: the ``models`` metadata ([{name, url, directory}]) of workflows that load a downloadable model: the
 #: editor offers the download when the file is missing
-MODELS = {}
+SD15 = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+               "v1-5-pruned-emaonly-fp16.safetensors"}
+MODELS = {name: [SD15] for name in ("patch_all", "patch_deepcache", "patch_freeu", "patch_tgate")}
 
 
 def load_models(api_path: Path):
