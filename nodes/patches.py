@@ -12,6 +12,7 @@ class FewStepDeepCache:
                    "UNet passes for cache_interval N. UNet models only (SD1.x, SD2.x, SDXL, SVD).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with DeepCache; the input model is unchanged.",)
     FUNCTION = "patch"
 
@@ -49,6 +50,7 @@ class FewStepTGate:
                    "changes. UNet models only.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with T-GATE; the input model is unchanged.",)
     FUNCTION = "patch"
 
@@ -74,6 +76,7 @@ class FewStepFreeU:
                    "by a structure-aware map. Presets are the FreeU authors' recommended values.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with FreeU; the input model is unchanged.",)
     FUNCTION = "patch"
 

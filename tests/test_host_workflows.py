@@ -43,6 +43,7 @@ def _missing_files(prompt, object_info):
 #: wires that still run behind a node in the generated layout (tools/make_workflows.py's column search
 #: finds none for these graphs yet): the count may only go down
 KNOWN_WIRES_BEHIND_NODES = {"ays_optimize_then_sample": 5, "olss_train_then_sample": 2, "patch_all": 2,
+                            "starter_sdxl": 1, "starter_flux": 1,
                             **{n: 4 for n in ("scheduler_ays", "scheduler_fewstep", "solver_ddim", "solver_deis",
                                               "solver_dpm_solver", "solver_dpmpp", "solver_dpmpp_sde", "solver_edm",
                                               "solver_pndm", "solver_tcd", "solver_unipc")}}
@@ -148,7 +149,9 @@ def test_ui_workflow_lines_up_with_server_definitions(path, object_info):
 
 #: the patch workflows load an SD1.5 checkpoint by name: tests/test_host_patches_server.py runs each of
 #: them on a generated checkpoint in SD1.5 layout (and checks that it covers them all)
-MODEL_FREE_API_FILES = [p for p in API_FILES if not p.stem.startswith("patch_")]
+MODEL_FREE_API_FILES = [p for p in API_FILES if "CheckpointLoaderSimple" not in p.read_text()]
+#: real-model starters: validated by the server with placeholder model files (not run)
+STARTER_FILES = [p for p in API_FILES if p.stem.startswith("starter_")]
 
 
 @pytest.mark.server
@@ -216,3 +219,64 @@ def test_every_fewstep_node_is_in_an_example_workflow(comfy):
     used = {n["class_type"] for p in API_FILES for n in mw.load_api(p).values()}
     missing = sorted(set(comfy.NODES) - used)
     assert not missing, f"FewStep nodes without an example workflow in example_workflows/api/: {missing}"
+
+
+def test_fewstep_names_are_short_and_every_output_explained(comfy):
+    """Display names fit the node library (the full story is in DESCRIPTION), output names are lower
+    case, and every output has a tooltip."""
+    problems = []
+    for nid, cls in comfy.NODES.items():
+        name = comfy.fewstep.NODE_DISPLAY_NAME_MAPPINGS.get(nid, nid)
+        if len(name) > 24:
+            problems.append(f"{nid}: display name {name!r} is longer than 24 characters")
+        if not getattr(cls, "DESCRIPTION", ""):
+            problems.append(f"{nid}: no DESCRIPTION")
+        outs = list(cls.RETURN_TYPES)
+        names = list(getattr(cls, "RETURN_NAMES", outs))
+        tips = list(getattr(cls, "OUTPUT_TOOLTIPS", ()))
+        if any(n != n.lower() for n in names):
+            problems.append(f"{nid}: output names {names} are not lower case")
+        if len(tips) != len(outs) or not all(isinstance(t, str) and t.strip() for t in tips):
+            problems.append(f"{nid}: {len(tips)} output tooltips for {len(outs)} outputs")
+    assert not problems, "\n".join(problems)
+
+
+def test_real_model_starters_exist():
+    assert {p.stem for p in STARTER_FILES} >= {"starter_sdxl", "starter_flux"}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", STARTER_FILES, ids=[p.stem for p in STARTER_FILES])
+def test_real_model_starter_validates_with_placeholder_models(path, comfy_server):
+    """With an (empty) file of each model's name in the folder its ``models`` entry names, the server
+    lists it in the loader's combo and accepts the prompt (node_errors empty); FewStep's KSampler
+    entries are in the lists. The run itself stops at loading the empty file."""
+    ui = json.loads((UI_DIR / path.name).read_text())
+    prompt = mw.load_api(path)
+    made = []
+    for m in ui["models"]:
+        folder = comfy_server.base / "models" / m["directory"]
+        folder.mkdir(parents=True, exist_ok=True)
+        f = folder / m["name"]
+        if not f.exists():
+            f.write_bytes(b"")
+            made.append(f)
+    try:
+        info = comfy_server.get("/object_info", timeout=120)
+        strict = []
+        for nid, node in prompt.items():
+            for name, typ, opts, _ in mw.node_inputs(info[node["class_type"]]):
+                values = mw.combo_values(typ, opts)
+                v = node["inputs"].get(name)
+                if values is not None and not mw._is_link(v) and v not in values:
+                    strict.append((nid, name, v))
+        assert not strict, f"values the server does not list: {strict}"
+        assert any(n["class_type"] == "KSampler" and n["inputs"]["sampler_name"].startswith("fewstep_")
+                   for n in prompt.values())
+        assert mw.check_ui_workflow(ui, info) == []
+        status, body = comfy_server.queue(prompt)
+        assert status == 200 and body.get("node_errors") == {}, body
+        _wait(comfy_server, body["prompt_id"])
+    finally:
+        for f in made:
+            f.unlink(missing_ok=True)

@@ -49,7 +49,10 @@ MIN_W, COL_GAP, ROW_GAP = 220, 40, 30
 #: the view every example must fit at 100% zoom (node boxes, title bars included), and the margin kept
 #: free for the editor's side bar and top menu
 VIEW_W, VIEW_H = 1600, 900
-X0, Y0 = 60, 50 + TITLE_H
+#: where the editor's canvas starts in the window (its side bar and top menu take the rest): canvas
+#: coordinates at 100% zoom and offset 0 are window coordinates minus this
+CANVAS_X, CANVAS_Y = 40, 40
+X0, Y0 = 20, 40 + TITLE_H
 #: frontend-only nodes: not in /object_info, never queued
 VIRTUAL_TYPES = ("Note", "MarkdownNote")
 NOTE_W, NOTE_H = 220, 200
@@ -427,7 +430,7 @@ def layout_problems(nodes_list, links, view=(VIEW_W, VIEW_H)):
     out = []
     for n in nodes_list:
         x0, y0, x1, y1 = node_box(n)
-        if x0 < 0 or y0 < 0 or x1 > view[0] or y1 > view[1]:
+        if x0 < 0 or y0 < 0 or x1 > view[0] - CANVAS_X or y1 > view[1] - CANVAS_Y:
             out.append(f"node {n['id']} ({n['type']}) box {[round(v) for v in (x0, y0, x1, y1)]} is outside "
                        f"the {view[0]}x{view[1]} view")
     for i, a in enumerate(nodes_list):
@@ -519,7 +522,7 @@ def layout(nodes_list, links, depth_of, note=None, fixed=()):
                                 src = nodes[l[1]]
                                 pend.append((_slot_y(src, l[2]), x, x + width))
                         bottom = max(node_box(n)[3] for n in trial)
-                        score = (bottom > VIEW_H, _crossings(cand, lk, pend), top + gap, bottom)
+                        score = (bottom > VIEW_H - CANVAS_Y, _crossings(cand, lk, pend), top + gap, bottom)
                         if best is None or score < best[0]:
                             best = (score, trial)
         for n in best[1]:
@@ -529,7 +532,7 @@ def layout(nodes_list, links, depth_of, note=None, fixed=()):
     if note is not None:
         best = None
         xs = sorted({n["pos"][0] for n in placed}) + [x]
-        for y in range(Y0, VIEW_H - NOTE_H + 1, 20):
+        for y in range(Y0, VIEW_H - CANVAS_Y - NOTE_H + 1, 20):
             for nx in xs:
                 n = dict(note, pos=[nx, y])
                 probs = layout_problems(placed + [n], links)
@@ -714,7 +717,12 @@ def load_note(api_path: Path) -> str:
 SD15 = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                "v1-5-pruned-emaonly-fp16.safetensors"}
-MODELS = {name: [SD15] for name in ("patch_all", "patch_deepcache", "patch_freeu", "patch_tgate")}
+SDXL = {"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}
+FLUX_SCHNELL = {"name": "flux1-schnell-fp8.safetensors", "directory": "checkpoints",
+                "url": "https://huggingface.co/Comfy-Org/flux1-schnell/resolve/main/flux1-schnell-fp8.safetensors"}
+MODELS = {**{name: [SD15] for name in ("patch_all", "patch_deepcache", "patch_freeu", "patch_tgate")},
+          "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL]}
 
 
 def load_models(api_path: Path):
