@@ -439,6 +439,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FewStepUniPC": "FewStep UniPC",
     "FewStepDEIS": "FewStep DEIS",
     "FewStepPNDM": "FewStep PNDM / PLMS",
-    "FewStepEDM": "FewStep EDM (Heun / Euler)",
+    "FewStepEDM": "FewStep EDM",
     "FewStepTCD": "FewStep TCD",
 }
