@@ -107,4 +107,4 @@ class FewStepAnalyticModel:
 
 
 NODE_CLASS_MAPPINGS = {"FewStepAnalyticModel": FewStepAnalyticModel}
-NODE_DISPLAY_NAME_MAPPINGS = {"FewStepAnalyticModel": "FewStep Analytic Model (exact, no download)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"FewStepAnalyticModel": "FewStep Analytic Model"}

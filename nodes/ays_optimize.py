@@ -281,4 +281,4 @@ def save_schedule(res: core.AYSResult, name: str, model, **meta) -> str:
 
 
 NODE_CLASS_MAPPINGS = {NODE: FewStepAYSOptimize}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE: "FewStep AYS Optimize (schedule for this model)"}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "FewStep AYS Optimize"}

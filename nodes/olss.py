@@ -341,6 +341,6 @@ class FewStepOLSSSampler:
 
 
 NODE_CLASS_MAPPINGS = {"FewStepOLSSTrain": FewStepOLSSTrain, "FewStepOLSSSampler": FewStepOLSSSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"FewStepOLSSTrain": "FewStep OLSS Train (fit a solver to this model)",
+NODE_DISPLAY_NAME_MAPPINGS = {"FewStepOLSSTrain": "FewStep OLSS Train",
                               "FewStepOLSSSampler": "FewStep OLSS Sampler"}
 __all__ = ["ProfileError"]

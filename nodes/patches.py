@@ -14,6 +14,7 @@ class FewStepDeepCache:
                    "residual is reused on cached steps. PixArt is refused (it has no block hook).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with DeepCache; the input model is unchanged.",)
     FUNCTION = "patch"
 
@@ -66,6 +67,7 @@ class FewStepTGate:
                    "(Wan 2.x); joint-attention models (Flux, SD3, Qwen-Image) have none to cache.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with T-GATE; the input model is unchanged.",)
     FUNCTION = "patch"
 
@@ -93,6 +95,7 @@ class FewStepFreeU:
                    "by a structure-aware map. Presets are the FreeU authors' recommended values.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with FreeU; the input model is unchanged.",)
     FUNCTION = "patch"
 

@@ -65,6 +65,8 @@ class FewStepAYSScheduler:
                    "log-linearly interpolated to any step count; or a schedule saved by FewStepAYSOptimize.")
     CATEGORY = "sampling/fewstep/schedulers"
     RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    OUTPUT_TOOLTIPS = ("steps+1 sigmas from high to low, ending in 0 at full denoise: connect to a custom sampler.",)
     FUNCTION = "get_sigmas"
 
     @classmethod
@@ -120,6 +122,8 @@ class FewStepScheduler:
     DESCRIPTION = "Model-aware sigma schedules: Karras, logSNR-uniform, time-uniform, time-quadratic, polyexponential, AYS."
     CATEGORY = "sampling/fewstep/schedulers"
     RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    OUTPUT_TOOLTIPS = ("steps+1 sigmas from high to low, ending in 0 at full denoise: connect to a custom sampler.",)
     FUNCTION = "get_sigmas"
 
     @classmethod

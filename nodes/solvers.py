@@ -139,6 +139,8 @@ class FewStepDDIM:
                    "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -162,6 +164,8 @@ class FewStepDPMSolver:
                    "model calls (order 1 = DDIM). Best with a logSNR-uniform schedule.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -187,6 +191,8 @@ class FewStepDPMSolverPP:
                    "seeded noise. The final step to sigma 0 is first order, as in the paper.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -238,6 +244,8 @@ class FewStepUniPC:
                    "the next model call, so the corrector raises the order at no extra cost.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -269,6 +277,8 @@ class FewStepDEIS:
                    "integrator whose coefficients are computed for the actual sigma grid and model family.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -293,6 +303,8 @@ class FewStepPNDM:
                    "(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})/24 on the pseudo-numerical DDIM step.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -318,6 +330,8 @@ class FewStepEDM:
                    "churn (S_churn, S_tmin, S_tmax, S_noise), or plain Euler. The last step to sigma 0 is Euler.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -355,6 +369,8 @@ class FewStepTCD:
                    "gamma 1 is LCM-style multistep sampling. For TCD / LCM / consistency models.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -423,6 +439,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FewStepUniPC": "FewStep UniPC",
     "FewStepDEIS": "FewStep DEIS",
     "FewStepPNDM": "FewStep PNDM / PLMS",
-    "FewStepEDM": "FewStep EDM (Heun / Euler)",
+    "FewStepEDM": "FewStep EDM",
     "FewStepTCD": "FewStep TCD",
 }

@@ -95,13 +95,14 @@ def test_linked_widget_becomes_widget_socket():
 def test_layout_left_to_right_and_order():
     w = ui()
     x = {n["id"]: n["pos"][0] for n in w["nodes"]}
-    assert x[1] < x[2] < x[3] and x[4] == x[1]
+    # a source node (4: no inputs) sits just left of its consumer, not in the first column
+    assert x[1] < x[2] < x[3] and x[1] < x[4] < x[3]
     order = {n["id"]: n["order"] for n in w["nodes"]}
     for l in w["links"]:
         assert order[l[1]] < order[l[3]]
     # nodes in one column do not overlap
-    col = sorted((n for n in w["nodes"] if n["pos"][0] == x[1]), key=lambda n: n["pos"][1])
-    assert col[0]["pos"][1] + col[0]["size"][1] < col[1]["pos"][1]
+    col = sorted((n for n in w["nodes"] if n["pos"][0] == x[4]), key=lambda n: n["pos"][1])
+    assert len(col) == 2 and col[0]["pos"][1] + col[0]["size"][1] < col[1]["pos"][1]
 
 
 def test_check_accepts_generated_and_round_trips():
@@ -160,3 +161,44 @@ def test_non_numeric_ids_are_mapped():
 
 def test_deterministic():
     assert mw.dumps(ui()) == mw.dumps(ui())
+
+
+def test_layout_fits_the_view_without_overlaps_and_wires_behind_nodes():
+    w = mw.api_to_ui("t", copy.deepcopy(PROMPT), INFOS, note="Shows: a test.")
+    assert mw.layout_problems(w["nodes"], w["links"]) == []
+    note = next(n for n in w["nodes"] if n["type"] == "Note")
+    assert note["widgets_values"] == ["Shows: a test."] and note["id"] == 5 and w["last_node_id"] == 5
+    # the note is frontend-only: checks accept it and the queued prompt leaves it out
+    assert mw.check_ui_workflow(w, INFOS) == []
+    assert mw.ui_to_api(w, INFOS) == mw.normalized_api(PROMPT, INFOS)
+
+
+def test_layout_problems_are_found():
+    w = ui()
+    nodes = {n["id"]: n for n in w["nodes"]}
+    # a node dropped across the wire 1 -> 3 (latent): the wire runs behind it
+    src, dst = nodes[1], nodes[3]
+    y = (src["pos"][1] + dst["pos"][1]) / 2
+    blocker = {"id": 99, "type": "Mid", "pos": [(src["pos"][0] + src["size"][0] + dst["pos"][0]) / 2 - 20, y - 40],
+               "size": [40, 200]}
+    probs = mw.layout_problems(w["nodes"] + [blocker], w["links"])
+    assert any("runs behind node 99" in p for p in probs), probs
+    # outside the view and overlapping
+    far = dict(nodes[2], id=98, pos=[1500, 100])
+    probs = mw.layout_problems(w["nodes"] + [far], w["links"])
+    assert any("node 98 (Mid) box" in p and "outside the 1600x900 view" in p for p in probs), probs
+    twin = dict(nodes[2], id=97)
+    assert any("overlap" in p for p in mw.layout_problems(w["nodes"] + [twin], w["links"]))
+
+
+def test_layout_is_inside_the_view_for_a_long_chain():
+    """Eight nodes in a chain do not fit eight columns in 1600 px: the generator reports it rather
+    than writing a workflow that falls off the screen (the example chains use COLUMNS)."""
+    infos = {"A": {"input": {"required": {"x": ["MODEL", {}]}}, "input_order": {"required": ["x"]},
+                   "output": ["MODEL"], "output_name": ["model"], "display_name": "A"},
+             "S": {"input": {"required": {}}, "output": ["MODEL"], "output_name": ["model"], "display_name": "S"}}
+    prompt = {"1": {"class_type": "S", "inputs": {}}}
+    for i in range(2, 9):
+        prompt[str(i)] = {"class_type": "A", "inputs": {"x": [str(i - 1), 0]}}
+    w = mw.api_to_ui("chain", prompt, infos, note="n")
+    assert any("outside the 1600x900 view" in p for p in mw.layout_problems(w["nodes"], w["links"]))

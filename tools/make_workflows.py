@@ -42,8 +42,24 @@ CONTROL_DEFAULT = "fixed"
 #: extra height the schedule preview (js/fewstep_preview.js) draws under these nodes' widgets
 PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170, "FewStepAYSOptimize": 170}
 
+#: extra height for what nodes show after a run (the saved picture, a report line)
+RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54}
 SLOT_H, WIDGET_H, PAD_H, TITLE_H = 20, 24, 14, 30
-MIN_W, COL_GAP, ROW_GAP, X0, Y0 = 280, 70, 50, 40, 40
+MIN_W, COL_GAP, ROW_GAP = 220, 40, 30
+#: the view every example must fit at 100% zoom (node boxes, title bars included), and the margin kept
+#: free for the editor's side bar and top menu
+VIEW_W, VIEW_H = 1600, 900
+#: where the editor's canvas starts in the window (its side bar and top menu take the rest): canvas
+#: coordinates at 100% zoom and offset 0 are window coordinates minus this
+CANVAS_X, CANVAS_Y = 40, 40
+X0, Y0 = 20, 40 + TITLE_H
+#: frontend-only nodes: not in /object_info, never queued
+VIRTUAL_TYPES = ("Note", "MarkdownNote")
+NOTE_W, NOTE_H = 220, 200
+#: columns given by hand where graph depth makes too many: {workflow: {API node id: column}}
+COLUMNS = {"patch_all": {"9": 1, "10": 1, "3": 2, "4": 2, "5": 2, "6": 3, "7": 4, "8": 5}}
+#: how tall a column may grow before a source node stays in the first column instead
+COLUMN_ROOM = 520
 
 
 class WorkflowError(ValueError):
@@ -260,12 +276,12 @@ def _depths(prompt):
 def node_size(info, n_sockets_in, n_widgets, type_name, title):
     n_out = len(info.get("output") or [])
     rows = max(n_sockets_in, n_out, 1)
-    h = rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0)
-    w = max(MIN_W, int(7.5 * len(title)) + 50)
+    h = rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0) + RESULT_HEIGHT.get(type_name, 0)
+    w = max(MIN_W if type_name not in PREVIEW_HEIGHT else 260, int(7.5 * len(title)) + 50)
     return [w, h]
 
 
-def api_to_ui(name: str, prompt: dict, infos: dict) -> dict:
+def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, models=None) -> dict:
     prompt = {str(k): v for k, v in prompt.items()}
     _check_prompt(name, prompt, infos)
     ids = id_map(prompt)
@@ -343,35 +359,191 @@ def api_to_ui(name: str, prompt: dict, infos: dict) -> dict:
             ui["inputs"] = node_in[k]
         ui["outputs"] = outs
         ui["properties"] = {"Node name for S&R": ctype}
+        file_models = [m for m in (models or []) if m["name"] in given.values()]
+        if file_models:  # the editor offers these downloads when the file is missing
+            ui["properties"]["models"] = file_models
         ui["widgets_values"] = values
         if title != display:
             ui["title"] = title
         nodes_ui[k] = ui
 
-    # layout: one column per depth, left to right; within a column by id
-    x = X0
-    for d in range(max(depth.values()) + 1):
-        col = [k for k in order_keys if depth[k] == d]
-        if not col:
-            continue
-        y = Y0
-        for k in col:
-            nodes_ui[k]["pos"] = [x, y]
-            y += nodes_ui[k]["size"][1] + TITLE_H + ROW_GAP
-        x += max(nodes_ui[k]["size"][0] for k in col) + COL_GAP
-
+    note_node = None
+    if note is not None:
+        nid = max(ids.values()) + 1
+        note_node = {"id": nid, "type": "Note", "pos": [0, 0], "size": [NOTE_W, NOTE_H], "flags": {},
+                     "order": len(order), "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
+                     "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"}
+    cols = {ids[k]: COLUMNS.get(name, {}).get(k, depth[k]) for k in prompt}
+    placed = layout([nodes_ui[k] for k in order_keys], links, depth_of=cols, note=note_node,
+                    fixed=set(ids[k] for k in COLUMNS.get(name, {})))
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/fewstep/comfyui-fewstep/{name}")),
         "revision": 0,
-        "last_node_id": max(ids.values()),
+        "last_node_id": max(n["id"] for n in placed),
         "last_link_id": len(links),
-        "nodes": [nodes_ui[k] for k in order_keys],
+        "nodes": placed,
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.9, "offset": [10, 50]}},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        **({"models": models} if models else {}),
         "version": 0.4,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# layout: columns by graph depth, sources pulled next to their first consumer, columns arranged so
+# that no wire runs behind a node and everything fits VIEW_W x VIEW_H at 100% zoom
+def node_box(n):
+    """[x0, y0, x1, y1] of a node on the canvas, title bar included."""
+    x, y = n["pos"]
+    w, h = n["size"]
+    return [x, y - TITLE_H, x + w, y + h]
+
+
+def _slot_y(n, slot):
+    return n["pos"][1] + (slot + 0.7) * SLOT_H
+
+
+def link_points(link, nodes, samples=48):
+    """Points along a link as LiteGraph draws it (a bezier leaving the output to the right and entering
+    the input from the left, control points a quarter of the distance out)."""
+    _, a, a_slot, b, b_slot, _ = link
+    na, nb = nodes[a], nodes[b]
+    x0, y0 = na["pos"][0] + na["size"][0], _slot_y(na, a_slot)
+    x3, y3 = nb["pos"][0], _slot_y(nb, b_slot)
+    d = math.hypot(x3 - x0, y3 - y0) * 0.25
+    x1, y1, x2, y2 = x0 + d, y0, x3 - d, y3
+    out = []
+    for i in range(samples + 1):
+        t = i / samples
+        u = 1 - t
+        out.append((u ** 3 * x0 + 3 * u * u * t * x1 + 3 * u * t * t * x2 + t ** 3 * x3,
+                    u ** 3 * y0 + 3 * u * u * t * y1 + 3 * u * t * t * y2 + t ** 3 * y3))
+    return out
+
+
+def layout_problems(nodes_list, links, view=(VIEW_W, VIEW_H)):
+    """Why a layout is not compact and clean: a node outside the view, two nodes overlapping, a wire
+    running behind a node that is neither its source nor its target."""
+    nodes = {n["id"]: n for n in nodes_list}
+    out = []
+    for n in nodes_list:
+        x0, y0, x1, y1 = node_box(n)
+        if x0 < 0 or y0 < 0 or x1 > view[0] - CANVAS_X or y1 > view[1] - CANVAS_Y:
+            out.append(f"node {n['id']} ({n['type']}) box {[round(v) for v in (x0, y0, x1, y1)]} is outside "
+                       f"the {view[0]}x{view[1]} view")
+    for i, a in enumerate(nodes_list):
+        ba = node_box(a)
+        for b in nodes_list[i + 1:]:
+            bb = node_box(b)
+            if ba[0] < bb[2] and bb[0] < ba[2] and ba[1] < bb[3] and bb[1] < ba[3]:
+                out.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
+    for l in links:
+        pts = link_points(l, nodes)
+        for n in nodes_list:
+            if n["id"] in (l[1], l[3]):
+                continue
+            x0, y0, x1, y1 = node_box(n)
+            if any(x0 + 2 < x < x1 - 2 and y0 + 2 < y < y1 - 2 for x, y in pts):
+                out.append(f"link {l[0]} ({l[1]} -> {l[3]}) runs behind node {n['id']} ({n['type']})")
+                break
+    return out
+
+
+def _hits(pts, box):
+    x0, y0, x1, y1 = box
+    return any(x0 + 2 < x < x1 - 2 and y0 + 2 < y < y1 - 2 for x, y in pts)
+
+
+def _crossings(nodes_list, links, pending=(), samples=24):
+    """Wires behind nodes (``pending``: horizontal stubs (y, x0, x1) of wires whose target is not
+    placed yet, so a column leaves them a corridor)."""
+    nodes = {n["id"]: n for n in nodes_list}
+    boxes = [(n["id"], node_box(n)) for n in nodes_list]
+    count = 0
+    for l in links:
+        pts = link_points(l, nodes, samples)
+        lx0, lx1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        ly0, ly1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        for nid, bx in boxes:
+            if nid in (l[1], l[3]) or bx[2] < lx0 or bx[0] > lx1 or bx[3] < ly0 or bx[1] > ly1:
+                continue
+            count += _hits(pts, bx)
+    for y, x0, x1 in pending:
+        for _, bx in boxes:
+            if bx[0] < x1 and x0 < bx[2] and bx[1] - 4 < y < bx[3] + 4:
+                count += 1
+    return count
+
+
+def layout(nodes_list, links, depth_of, note=None, fixed=()):
+    import itertools
+
+    nodes = {n["id"]: n for n in nodes_list}
+    consumers = {n["id"]: [l[3] for l in links if l[1] == n["id"]] for n in nodes_list}
+    col = dict(depth_of)
+    # a node without inputs sits just left of its first consumer, where that column has room
+    def height(c):
+        return sum(nodes[m]["size"][1] + TITLE_H + ROW_GAP for m in col if col[m] == c)
+
+    for nid in sorted(col, key=lambda m: -nodes[m]["size"][1]):
+        if nid not in fixed and not any(l[3] == nid for l in links) and consumers[nid]:
+            want = max(0, min(col[c] for c in consumers[nid]) - 1)
+            if want != col[nid] and height(want) + nodes[nid]["size"][1] + TITLE_H <= COLUMN_ROOM:
+                col[nid] = want
+    n_cols = max(col.values()) + 1
+    columns = [[nid for nid in sorted(col) if col[nid] == c] for c in range(n_cols)]
+    x = X0
+    placed = []
+    for c, members in enumerate(columns):
+        width = max(nodes[m]["size"][0] for m in members)
+        best = None
+        orders = list(itertools.permutations(members)) if len(members) <= 4 else [tuple(members)]
+        ids_prev = {n["id"] for n in placed}
+        for order in orders:
+            for top in (0, 100, 200, 300):
+                for at in range(len(order)):
+                    for gap in ((0,) if at == 0 else (0, 80, 160, 240)):
+                        y = Y0 + top
+                        trial = []
+                        for i, m in enumerate(order):
+                            if i == at:
+                                y += gap
+                            n = dict(nodes[m], pos=[x, y])
+                            trial.append(n)
+                            y += n["size"][1] + TITLE_H + ROW_GAP
+                        cand = placed + trial
+                        ids_in = ids_prev | set(order)
+                        lk = [l for l in links if l[1] in ids_in and l[3] in ids_in]
+                        pend = []
+                        for l in links:
+                            if l[1] in ids_prev and l[3] not in ids_in:
+                                src = nodes[l[1]]
+                                pend.append((_slot_y(src, l[2]), x, x + width))
+                        bottom = max(node_box(n)[3] for n in trial)
+                        score = (bottom > VIEW_H - CANVAS_Y, _crossings(cand, lk, pend), top + gap, bottom)
+                        if best is None or score < best[0]:
+                            best = (score, trial)
+        for n in best[1]:
+            nodes[n["id"]]["pos"] = n["pos"]
+        placed += best[1]
+        x += width + COL_GAP
+    if note is not None:
+        best = None
+        xs = sorted({n["pos"][0] for n in placed}) + [x]
+        for y in range(Y0, VIEW_H - CANVAS_Y - NOTE_H + 1, 20):
+            for nx in xs:
+                n = dict(note, pos=[nx, y])
+                probs = layout_problems(placed + [n], links)
+                fits = not any("outside" in p or "overlap" in p for p in probs)
+                mine = sum(1 for p in probs if f"node {note['id']} " in p)
+                score = (not fits, mine, len(probs))
+                if fits and (best is None or score < best[0]):
+                    best = (score, n)
+        placed.append(best[1] if best else dict(note, pos=[x, Y0]))
+    by_id = {n["id"]: n for n in placed}
+    return [by_id[n["id"]] for n in nodes_list] + ([by_id[note["id"]]] if note is not None else [])
 
 
 def dumps(obj) -> str:
@@ -423,6 +595,11 @@ def check_ui_workflow(ui: dict, infos: dict) -> list:
     nodes = {n["id"]: n for n in ui.get("nodes", [])}
     for n in ui.get("nodes", []):
         where = f"node {n['id']} ({n['type']})"
+        if n["type"] in VIRTUAL_TYPES:
+            if not (isinstance(n.get("widgets_values"), list) and len(n["widgets_values"]) == 1
+                    and isinstance(n["widgets_values"][0], str)):
+                problems.append(f"{where}: a note holds one text")
+            continue
         info = infos.get(n["type"])
         if info is None:
             problems.append(f"{where}: unknown node type")
@@ -470,6 +647,8 @@ def ui_to_api(ui: dict, infos: dict) -> dict:
     links = {l[0]: l for l in ui.get("links", [])}
     out = {}
     for n in ui["nodes"]:
+        if n["type"] in VIRTUAL_TYPES:
+            continue
         info = infos[n["type"]]
         inputs = {}
         vals = n.get("widgets_values", [])
@@ -517,12 +696,46 @@ def load_api(path: Path) -> dict:
     return data
 
 
+def note_path(api_path: Path) -> Path:
+    """The text of a workflow's Note: ``example_workflows/api/<name>.md`` (what it shows, what to change)."""
+    return api_path.with_suffix(".md")
+
+
+def load_note(api_path: Path) -> str:
+    p = note_path(api_path)
+    if not p.is_file():
+        raise WorkflowError(f"{p.relative_to(REPO)} is missing: every example needs a note saying what it "
+                            "shows and what to change")
+    text = p.read_text().strip()
+    if not text:
+        raise WorkflowError(f"{p.relative_to(REPO)} is empty")
+    return text
+
+
+#: the ``models`` metadata ([{name, url, directory}]) of workflows that load a downloadable model: the
+#: editor offers the download when the file is missing
+SD15 = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+               "v1-5-pruned-emaonly-fp16.safetensors"}
+SDXL = {"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}
+FLUX_SCHNELL = {"name": "flux1-schnell-fp8.safetensors", "directory": "checkpoints",
+                "url": "https://huggingface.co/Comfy-Org/flux1-schnell/resolve/main/flux1-schnell-fp8.safetensors"}
+MODELS = {**{name: [SD15] for name in ("patch_all", "patch_deepcache", "patch_freeu", "patch_tgate")},
+          "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL]}
+
+
+def load_models(api_path: Path):
+    return MODELS.get(api_path.stem)
+
+
 def generate_all(url: str | None = None) -> dict:
     """{ui path: text} for every API workflow."""
     prompts = {p: load_api(p) for p in api_files()}
     types = {n.get("class_type") for pr in prompts.values() for n in pr.values() if isinstance(n, dict)}
     infos = object_info_for([t for t in types if t], url)
-    return {WORKFLOWS / p.name: dumps(api_to_ui(p.stem, pr, infos)) for p, pr in prompts.items()}
+    return {WORKFLOWS / p.name: dumps(api_to_ui(p.stem, pr, infos, note=load_note(p), models=load_models(p)))
+            for p, pr in prompts.items()}
 
 
 def stale(generated: dict) -> list:
