@@ -7,7 +7,7 @@
 The five analytic mixtures of bench/ays.py (core/analytic.py's and four others: other component counts,
 dimensions, variances, weights, flow shifts and cfg), both families, each at two cfg values, inside a
 real in-process ComfyUI (CPU). OLSS is trained by the FewStepOLSSTrain node at its default widgets
-(teacher dpmpp_2m, 100 Karras steps, 8 samples from seed 0, path planning on, select_on_heldout on with 4
+(teacher deis_3, 100 Karras steps, 8 samples from seed 0, path planning on, select_on_heldout on with 4
 held-out runs: the node itself picks OLSS, OLSS-P or the teacher's solver on a fixed schedule) for each
 NFE, and sampled through FewStepOLSSSampler's SAMPLER and SIGMAS. The competitor is ComfyUI's best
 built-in: every deterministic KSampler sampler x every built-in scheduler whose schedule starts at the
@@ -96,11 +96,11 @@ def best_builtin(sb, case, budget):
     return best
 
 
-def train_profile(host, case, steps, name):
+def train_profile(host, case, steps, name, teacher):
     latent = {"samples": torch.zeros((1, 4) + case.hw)}
     with torch.inference_mode():
         prof, _ = host.NODES["FewStepOLSSTrain"]().train(
-            case.patcher, case.pos, case.neg, latent, cfg=case.cfg, teacher="dpmpp_2m", teacher_steps=100,
+            case.patcher, case.pos, case.neg, latent, cfg=case.cfg, teacher=teacher, teacher_steps=100,
             teacher_schedule="karras", steps=steps, samples=8, seed=0, path_planning=True, name=name)
     return prof
 
@@ -128,11 +128,12 @@ def table(rows, a):
                 f"{rows[0]['ratio']:.3f}x ComfyUI's best built-in.",
             f"- <= 0.7x ComfyUI's best built-in: {ok} of {n} cases.",
             "- The node's held-out choice: " + ", ".join(f"{k} {v}" for k, v in sorted(methods.items())) + ".",
-            "", f"FewStepOLSSTrain at its default widgets (teacher dpmpp_2m, 100 Karras steps, 8 samples, seed 0, path "
+            "", f"FewStepOLSSTrain at its default widgets (teacher {a.teacher}, 100 Karras steps, 8 samples, seed 0, path "
                 f"planning, select_on_heldout with 4 held-out runs), training latent 1x4xHxW of each model; evaluation "
                 f"batch {a.eval_batch} seeds (noise seed 1234), float32 through ComfyUI; built-ins: "
                 + ", ".join(BUILTIN_SAMPLERS) + " x every built-in scheduler. Command: `python bench/olss.py"
-                + ("" if a.eval_batch == 16 else f" --eval-batch {a.eval_batch}") + "`."]
+                + ("" if a.eval_batch == 16 else f" --eval-batch {a.eval_batch}")
+                + ("" if a.teacher == "deis_3" else f" --teacher {a.teacher}") + "`."]
     return "\n".join(out)
 
 
@@ -167,6 +168,7 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["core", "m2", "m16", "m32", "m4"])
     ap.add_argument("--families", nargs="+", default=["eps", "flow"], choices=["eps", "flow"])
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/olss.md")
+    ap.add_argument("--teacher", default=None, help="the teacher widget (default: the node's default)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--memory", action="store_true", help="measure peak memory of the streamed fit and exit")
     ap.add_argument("--eval-batch", type=int, default=16,
@@ -199,6 +201,9 @@ def main(argv=None):
     sb = load_module("solvers")
     models = load_module("ays").MODELS
     host = sb.import_host()
+    if args.teacher is None:
+        from fewstep.nodes.olss import DEFAULT_TEACHER
+        args.teacher = DEFAULT_TEACHER
     import logging
     logging.getLogger("FewStep").setLevel(logging.WARNING)
     import folder_paths
@@ -211,7 +216,7 @@ def main(argv=None):
             for cfg in models[mname]["cfgs"]:
                 case = make_case(sb, models, mname, family, cfg, args.eval_batch)
                 for b in args.budgets:
-                    prof = train_profile(host, case, b, f"bench_{mname}_{family}_{cfg:g}_{b}")
+                    prof = train_profile(host, case, b, f"bench_{mname}_{family}_{cfg:g}_{b}", args.teacher)
                     err = run_olss(host, case, prof)
                     comfy_best = best_builtin(sb, case, b)
                     method = prof.extra.get("method", "?")
