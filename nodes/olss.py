@@ -163,6 +163,7 @@ class FewStepOLSSTrain:
                             "planning, refit each step on the student's own states and outputs (steps x samples "
                             "extra model calls; keeps the teacher states in RAM until then). On the analytic "
                             "benchmark it was better in half the cases and worse in the other half."}),
+        }, "optional": {   # optional: API workflows saved before they existed still validate
             "select_on_heldout": ("BOOLEAN", {"default": True, "tooltip":
                                   "On: held-out teacher runs (other seeds, never fitted) decide between OLSS, "
                                   "OLSS-P and the teacher's own solver on every fixed schedule (FewStep's and "
@@ -328,6 +329,7 @@ class FewStepOLSSTrain:
             noise = comfy.sample.prepare_noise(latent, s)
             comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(evaluate), sigmas_c, positive,
                                        negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=s)
+            on_step(None)   # the run's last tick (its teacher steps ticked one each)
         err = {k: math.sqrt(v / max(ref_sq[0], 1e-300)) for k, v in sq.items()}
         win = min(err, key=err.get)
         fixed = {k: v for k, v in err.items() if k.startswith("solver:")}
