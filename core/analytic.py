@@ -36,19 +36,29 @@ def _shape_seed(seed: int, shape) -> int:
 class GaussianMixture:
     """Mixture parameters, made deterministically for any latent shape from (seed, shape)."""
 
-    def __init__(self, components: int = 8, seed: int = 0):
+    def __init__(self, components: int = 8, seed: int = 0, std_range: tuple = (0.25, 0.7),
+                 radius_range: tuple = (1.5, 4.0), cond_mass: float = 0.9):
+        """``std_range``: the component standard deviations are uniform in it; ``radius_range``: the
+        distances of the component means from their common centre; ``cond_mass``: the share of the
+        conditional mixture's weight on the first half of the components (the unconditional one is
+        uniform). The defaults are the project's analytic model."""
         if not (1 <= int(components) <= 256):
             raise ValueError(f"components must be in [1, 256], got {components}")
+        lo, hi = (float(v) for v in std_range)
+        r_lo, r_hi = (float(v) for v in radius_range)
+        if not (0 < lo <= hi) or not (0 <= r_lo <= r_hi) or not (0 < cond_mass < 1):
+            raise ValueError(f"need 0 < std_range[0] <= std_range[1], 0 <= radius_range[0] <= radius_range[1] and "
+                             f"0 < cond_mass < 1, got {std_range}, {radius_range}, {cond_mass}")
         self.components = int(components)
         self.seed = int(seed)
         g = torch.Generator().manual_seed(self.seed)
         k = self.components
-        self.stds = 0.25 + 0.45 * torch.rand(k, generator=g, dtype=torch.float64)
-        self.radii = 1.5 + 2.5 * torch.rand(k, generator=g, dtype=torch.float64)
-        # conditional: the first half of the components carries 90% of the mass
+        self.stds = lo + (hi - lo) * torch.rand(k, generator=g, dtype=torch.float64)
+        self.radii = r_lo + (r_hi - r_lo) * torch.rand(k, generator=g, dtype=torch.float64)
+        # conditional: the first half of the components carries cond_mass (90%) of the mass
         half = max(1, k // 2)
-        w = torch.full((k,), 0.1 / max(1, k - half), dtype=torch.float64)
-        w[:half] = 0.9 / half if k > half else 1.0 / k
+        w = torch.full((k,), round(1.0 - cond_mass, 12) / max(1, k - half), dtype=torch.float64)
+        w[:half] = cond_mass / half if k > half else 1.0 / k
         if k == half:
             w[:] = 1.0 / k
         self.cond_log_weights = torch.log(w / w.sum())
@@ -133,10 +143,11 @@ class AnalyticModel:
     with ``shift``.
     """
 
-    def __init__(self, family: str = "eps", shift: float = 3.0, components: int = 8, seed: int = 0):
+    def __init__(self, family: str = "eps", shift: float = 3.0, components: int = 8, seed: int = 0,
+                 mixture: GaussianMixture | None = None):
         self.family = families.check_family(family)
         self.shift = float(shift)
-        self.mixture = GaussianMixture(components, seed)
+        self.mixture = mixture if mixture is not None else GaussianMixture(components, seed)
         self.model_sigmas = ModelSigmas.discrete_vp() if family == families.EPS else ModelSigmas.flow(shift)
 
     @property

@@ -55,9 +55,11 @@ class AnalyticBaseModel(comfy.model_base.BaseModel):
         return self.mixture.denoise(x.float(), t, lw, self.family)
 
 
-def make_analytic_patcher(family: str = "eps", shift: float = 3.0, components: int = 8, seed: int = 0):
-    """(ModelPatcher, positive, negative) for the analytic model."""
-    mixture = GaussianMixture(components, seed)
+def make_analytic_patcher(family: str = "eps", shift: float = 3.0, components: int = 8, seed: int = 0,
+                          mixture: GaussianMixture | None = None):
+    """(ModelPatcher, positive, negative) for the analytic model (``mixture``: another mixture than
+    GaussianMixture(components, seed), e.g. for benchmarks on other models)."""
+    mixture = mixture if mixture is not None else GaussianMixture(components, seed)
     base = AnalyticBaseModel(mixture, family, shift)
     patcher = comfy.model_patcher.ModelPatcher(
         base, load_device=comfy.model_management.get_torch_device(),

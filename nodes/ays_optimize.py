@@ -22,6 +22,7 @@ from ..core import families
 from ..core.io import atomic_save, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
+from . import ays_align
 from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
 from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
 
@@ -33,9 +34,22 @@ ITERATIONS_RANGE = (1, 50)
 SAMPLES_RANGE = (core.MIN_SAMPLES, 1024)
 TEACHER_STEPS = core.TEACHER_STEPS
 VALIDATION_PAIRS = core.VALIDATION_PAIRS
-#: align_to: the solvers stage 2 can refine for, then the paper's method alone
+#: align_to: FewStep's solvers by their old names (a saved workflow's "dpmpp_2m" still means FewStep's
+#: DPM-Solver++(2M)), the paper's method alone, then every sampler of ComfyUI's KSampler list as
+#: "KSampler: <name>" (appended; ays_align.align_choices), ComfyUI's dpmpp_2m the default
 ALIGN_NONE = "none (the paper's bound only)"
 ALIGN_CHOICES = core.ALIGN_SOLVERS + (ALIGN_NONE,)
+DEFAULT_ALIGN = ays_align.DEFAULT_ALIGN
+#: teacher pairs held out of every fit: they choose the start and guard the result
+HOLDOUT_PAIRS = 32
+#: the held-out teacher noise is drawn with seed + this (the fitted pairs use seed)
+HOLDOUT_SEED_OFFSET = 0x9E3779B1
+#: the best starts (on the held-out pairs) that are refined
+REFINE_STARTS = 2
+
+
+def align_choices() -> list:
+    return ays_align.align_choices(core.ALIGN_SOLVERS, ALIGN_NONE)
 #: latents per model call
 BATCH = 8
 #: latent size (H, W) of the teacher samples when no latent_image gives one (512 x 512 px)
@@ -110,9 +124,12 @@ class FewStepAYSOptimize:
                    "refines it on that sampling error itself with your solver. Outputs SIGMAS for `steps` and saves "
                    "the schedule for FewStep Align Your Steps' saved_schedule dropdown.")
     CATEGORY = "sampling/fewstep/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    RETURN_NAMES = ("sigmas",)
-    OUTPUT_TOOLTIPS = ("The optimised schedule: steps+1 sigmas from the model's sigma_max, ending in 0.",)
+    RETURN_TYPES = ("SIGMAS", "STRING")
+    RETURN_NAMES = ("sigmas", "report")
+    OUTPUT_TOOLTIPS = ("The optimised schedule: steps+1 sigmas from the model's sigma_max, ending in 0. It is "
+                       "aligned to the align_to sampler: sample with that one.",
+                       "What was done: every fixed start's held-out error, which start won, how much the schedule "
+                       "improved on it, and the final guard's check with other samplers.")
     FUNCTION = "optimize"
 
     @classmethod
@@ -151,17 +168,20 @@ class FewStepAYSOptimize:
                              "for them). An Empty Latent: only sets the size of the teacher samples. Not "
                              f"connected: teacher samples at {DEFAULT_LATENT_HW[0] * 8}x{DEFAULT_LATENT_HW[1] * 8} "
                              "pixels."}),
-            "align_to": (ALIGN_CHOICES, {"default": ALIGN_CHOICES[0], "tooltip":
+            "align_to": (align_choices(), {"default": DEFAULT_ALIGN, "tooltip":
                          "Stage 2 (FewStep's extension of the paper): after the bound's refinement, refine the "
-                         "schedule on the sampling error of the teacher samples with this solver, one sigma at a "
-                         "time, keeping significant improvements only. Pick the solver you will sample with "
-                         "(dpmpp_2m = DPM++ 2M). The bound bounds the stochastic sampler's error, not an ODE "
-                         f"solver's; this stage closes the gap. Needs samples >= {core.ALIGN_MIN_PAIRS}. "
-                         f"\"{ALIGN_NONE}\": the paper's method alone."}),
+                         "schedule on the sampling error of the teacher samples with this sampler, one sigma at a "
+                         "time, keeping significant improvements only. Pick the sampler you will sample with: "
+                         "\"KSampler: <name>\" is that sampler of ComfyUI's KSampler list, run through ComfyUI's "
+                         "own KSAMPLER (default: KSampler: dpmpp_2m); the plain names (dpmpp_2m, euler, ...) are "
+                         "FewStep's solvers, as in workflows saved before. The result is then checked on held-out "
+                         "teacher samples with ComfyUI's euler, dpmpp_2m and uni_pc and FewStep's 2M, and replaced "
+                         "by a safer candidate if it is far worse with any of them. Needs samples >= "
+                         f"{core.ALIGN_MIN_PAIRS}. \"{ALIGN_NONE}\": the paper's method alone."}),
         }}
 
     def optimize(self, model, positive, negative, cfg, steps, iterations, samples, seed, name, latent_image=None,
-                 align_to=ALIGN_CHOICES[0]):
+                 align_to=DEFAULT_ALIGN):
         steps = _int(steps, *STEPS_RANGE, "steps")
         iterations = _int(iterations, *ITERATIONS_RANGE, "iterations")
         if isinstance(samples, int) and not isinstance(samples, bool) and samples < SAMPLES_RANGE[0]:
@@ -174,9 +194,12 @@ class FewStepAYSOptimize:
         name = check_name(name)
         if name:  # before the long run: a folder of that name cannot be replaced
             check_save_target(os.path.join(schedule_dir(), name + ".safetensors"), f"{NODE}: name")
-        if align_to not in ALIGN_CHOICES:
-            raise ValueError(f"{NODE}: align_to must be one of {list(ALIGN_CHOICES)}, got {align_to!r}")
+        choices = align_choices()
+        if not isinstance(align_to, str) or align_to not in choices:
+            raise ValueError(f"{NODE}: align_to must be one of {choices}, got {align_to!r}")
         align = None if align_to == ALIGN_NONE else align_to
+        comfy_name = align_to[len(ays_align.KSAMPLER_PREFIX):] if align_to.startswith(ays_align.KSAMPLER_PREFIX) \
+            else None
         if align is not None and samples < core.ALIGN_MIN_PAIRS:
             raise ValueError(f"{NODE}: samples is {samples}, but align_to {align_to} needs at least "
                              f"{core.ALIGN_MIN_PAIRS} teacher samples (with fewer it fits them and samples other "
@@ -191,9 +214,9 @@ class FewStepAYSOptimize:
             n_val = min(samples, VALIDATION_PAIRS) if x0_data is None else min(max(2, samples // 4), VALIDATION_PAIRS)
             n_teacher = samples if x0_data is None else n_val
         levels = core.levels_for(steps)
-        opt_ticks = sum(iterations * (n - 1) * (len(core.AUTO_INIT) + (align is not None) if k == 0 else
+        opt_ticks = sum(iterations * (n - 1) * (REFINE_STARTS + (align is not None) if k == 0 else
                                                 1 + (align is not None)) for k, n in enumerate(levels))
-        teacher_ticks = -(-n_teacher // BATCH)
+        teacher_ticks = -(-n_teacher // BATCH) + -(-HOLDOUT_PAIRS // BATCH)
         pbar = comfy.utils.ProgressBar(teacher_ticks + opt_ticks)
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
         got = {}
@@ -203,20 +226,34 @@ class FewStepAYSOptimize:
             extra["denoise_mask"] = None  # no inpainting mask: the bound is taken on the whole latent
             fam = family_of_k_model(model_k)
 
-            def denoiser(xb, sig, **_):
-                return model_k(xb, sig.to(xb.device, xb.dtype), **extra)
+            def denoiser(xb, sig, **kw):
+                # a ComfyUI sampler passes its extra_args (a cfg_pp one its own model_options): use them
+                return model_k(xb, sig.to(xb.device, xb.dtype), **(kw or extra))
 
             dev = x.device
+            first = -(-n_teacher // BATCH)
             x_T, x_teacher = core.teacher_samples(
                 denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
                 device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
                 progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
+            h_T, h_teacher = core.teacher_samples(
+                denoiser, ms, HOLDOUT_PAIRS, shape, seed=holdout_seed(seed), teacher_steps=TEACHER_STEPS,
+                batch_size=BATCH, device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
+                progress=lambda done, total: pbar.update_absolute(first + -(-done // BATCH)))
             x0 = x_teacher if x0_data is None else x0_data.to(dev, torch.float32)
             validation = (x_T[:n_val], x_teacher[:n_val])
+            if comfy_name is not None:
+                solver = ays_align.comfy_solver(comfy_name, model_k, extra)
+                cache = comfy_name in ays_align.CACHE_SAFE
+            else:
+                solver, cache = None, None
+            checks = {f"ComfyUI {n}": ays_align.comfy_solver(n, model_k, extra) for n in ays_align.CHECK_COMFY}
+            checks.update({f"FewStep {n}": core._solver_fn(n, fam) for n in ays_align.CHECK_FEWSTEP})
             got["result"] = core.optimize_ays(
                 denoiser, x0, ms, steps=steps, iterations=iterations, seed=seed, discrete=is_discrete(model),
                 batch_size=BATCH, validation=validation, progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
-                interrupt=lambda: interrupt(), align=align)
+                interrupt=lambda: interrupt(), align=align, solver=solver, align_cache=cache,
+                holdout=(h_T, h_teacher), check_solvers=checks, refine_starts=REFINE_STARTS)
             if fam != ms.family:
                 raise RuntimeError(f"{NODE}: the sampling model is {fam}, its model_sampling says {ms.family}")
             return x
@@ -227,20 +264,51 @@ class FewStepAYSOptimize:
         comfy.sample.sample_custom(model, noise, float(cfg), comfy.samplers.KSAMPLER(run), start, positive,
                                    negative, latent, disable_pbar=True, seed=seed)
         res = got["result"]
-        report = report_text(res)
-        log.info("FewStep AYS optimise:\n%s", report)
+        aligned = None if align is None else ays_align.align_id(align_to)
+        report = report_text(res, aligned)
+        summary = summary_text(res, aligned)
+        log.info("FewStep AYS optimise: %s\n%s", summary, report)
         if name:
             path = save_schedule(res, name, model, cfg=float(cfg), seed=seed, samples=samples, iterations=iterations,
-                                 align_to=align_to,
+                                 align_to=align_to, aligned_sampler=aligned or "",
                                  data="latent_image" if x0_data is not None else "teacher")
             log.info("FewStep: saved the AYS schedule to %s", path)
+            report += f"\nsaved to {path}"
+        ays_align.show_on_node(summary)
         out = sigmas_out(res.sigmas)
-        # "ui": the graph editor draws the optimised schedule on the node (js/fewstep_preview.js)
-        return {"ui": {"fewstep_sigmas": [float(v) for v in out]}, "result": (out,)}
+        # "ui": the graph editor draws the optimised schedule on the node (js/fewstep_preview.js); "text":
+        # the summary (also shown on the node as progress text)
+        return {"ui": {"fewstep_sigmas": [float(v) for v in out], "text": [summary]}, "result": (out, report)}
 
 
-def report_text(res: core.AYSResult) -> str:
+def holdout_seed(seed: int) -> int:
+    return fold_seed((int(seed) + HOLDOUT_SEED_OFFSET) % (1 << 64))
+
+
+def summary_text(res: core.AYSResult, aligned: str | None) -> str:
+    """One paragraph for the node: which start won and by how much the schedule improved on it."""
+    who = ays_align.describe(aligned) if aligned else "FewStep's DPM-Solver++(2M) (the paper's bound only)"
+    if res.final_error is None:
+        return f"AYS schedule for {who}"
+    start = (f"start {res.init} (held-out error {res.start_error:.4g}, best of {len(res.start_errors)} fixed "
+             "schedules)" if res.start_error is not None else f"start {res.init}")
+    if res.kept.startswith("fixed:"):
+        return (f"Aligned to {who}: {start}; no optimised schedule beat the best fixed schedule safely, so the "
+                f"output IS the fixed schedule {res.kept[6:]} (held-out error {res.final_error:.4g}). {res.guard}")
+    gain = res.start_error / res.final_error if res.start_error and res.final_error else float("nan")
+    best = res.fixed_errors.get(res.best_fixed)
+    return (f"Aligned to {who}: {start} -> {res.final_error:.4g} on the held-out teacher samples, {gain:.2f}x better "
+            f"than its start" + (f", {res.final_error / best:.2f}x the best fixed schedule ({res.best_fixed})"
+                                 if best else "") + f". Kept: {res.kept}. Sample with {who}.")
+
+
+def report_text(res: core.AYSResult, aligned: str | None = None) -> str:
     lines = []
+    if res.start_errors:
+        lines.append("fixed starts, held-out error: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in sorted(res.start_errors.items(), key=lambda kv: kv[1])))
+        lines.append(f"kept start: {res.init} ({res.start_error:.4g}); refined: " + ", ".join(
+            f"{k} {v[0]:.4g} -> {v[1]:.4g}" for k, v in res.starts.items()))
     for n in sorted(res.levels):
         k0, k1 = res.klub[n]
         line = f"{n} steps: KLUB {k0:.4g} -> {k1:.4g} in {res.sweeps[n]} sweep(s); {res.stop_reason[n]}"
@@ -251,9 +319,19 @@ def report_text(res: core.AYSResult) -> str:
             a0, a1, sw, why = res.aligned[n]
             line += f"\n  aligned to {res.align}: sampling error {a0:.4g} -> {a1:.4g} in {sw} sweep(s); {why}"
         lines.append(line)
+    if res.guard:
+        lines.append("final guard (held-out teacher samples): " + res.guard)
+    if aligned:
+        lines.append(f"aligned to {ays_align.describe(aligned)}")
     lines.append("sigmas: " + ", ".join(f"{float(v):.4g}" for v in res.sigmas))
     lines.append(f"model calls: {res.evaluations} latents")
     return "\n".join(lines)
+
+
+def table_min(level) -> float:
+    """The value a saved table ends at instead of 0: the level's last value (sigma_min, or below the last
+    positive sigma when a fixed start already ends at sigma_min; schedules/ays_optimize.py:level_of)."""
+    return float(level[-1])
 
 
 def schedule_dir() -> str:
@@ -270,10 +348,13 @@ def save_schedule(res: core.AYSResult, name: str, model, **meta) -> str:
     table[-1] = 0.0
     tensors = {"sigmas": table.float()}
     tensors.update({f"level_{m}": lv.float() for m, lv in res.levels.items()})
-    metadata = {"fewstep_format": AYS_FORMAT, "family": res.family, "sigma_min": res.sigma_min,
+    metadata = {"fewstep_format": AYS_FORMAT, "family": res.family, "sigma_min": float(table_min(res.levels[n])),
                 "sigma_max": res.sigma_max, "steps": res.steps, "model_fingerprint": model_fingerprint(model),
                 "klub": {str(k): v for k, v in res.klub.items()}, "stop_reason": {str(k): v for k, v in
                                                                               res.stop_reason.items()}}
+    if res.final_error is not None:
+        metadata.update({"start": res.init, "start_error": res.start_error, "final_error": res.final_error,
+                         "kept": res.kept, "guard": res.guard[:1000]})
     metadata.update(meta)
     path = os.path.join(schedule_dir(), name + ".safetensors")
     atomic_save(path, tensors, metadata)

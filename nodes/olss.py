@@ -50,8 +50,25 @@ def teacher_names() -> list[str]:
     return sorted(names, key=lambda n: (n != "dpmpp_2m", names.index(n)))
 
 
+#: the teacher of a new node (saved workflows keep theirs): bench/olss.py, DEIS-3 at 100 Karras steps ends
+#: 1e-4 from the exact solution on five analytic mixtures, DPM-Solver++(2M) 2e-4 to 9e-3 (its final jump)
+DEFAULT_TEACHER = "deis_3"
 TEACHER_STEPS_RANGE = (20, 1000)
 SAMPLES_RANGE = (1, 256)
+HELDOUT_RANGE = (1, 64)
+#: held-out teacher runs use seeds seed + HELDOUT_SEED_OFFSET + i (the training runs: seed .. seed + 255)
+HELDOUT_SEED_OFFSET = 1 << 20
+
+
+def fixed_schedule_names() -> list:
+    """The fixed schedules the teacher's own solver is compared on (FewStep's and ComfyUI's)."""
+    from ..schedules.comfy_like import COMFY_SCHEDULES
+    return [n for n in SCHEDULE_NAMES if n != "polyexponential"] + list(COMFY_SCHEDULES)
+
+
+def fixed_schedule(name: str, steps: int, ms) -> torch.Tensor:
+    from ..schedules.comfy_like import COMFY_SCHEDULES, comfy_schedule
+    return comfy_schedule(name, steps, ms) if name in COMFY_SCHEDULES else get_schedule(name, steps, ms)
 #: closed_loop keeps the teacher states in RAM until the refit; refuse beyond this
 MAX_KEEP_BYTES = 8 * 2**30
 
@@ -114,9 +131,11 @@ class FewStepOLSSTrain:
                                                    "train text-to-image sampling."}),
             "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
                     "CFG scale of the teacher. Use the cfg you will sample with: the profile is fitted to it."}),
-            "teacher": (teacher_names(), {"default": "dpmpp_2m", "tooltip":
+            "teacher": (teacher_names(), {"default": DEFAULT_TEACHER, "tooltip":
                         "Teacher ODE solver whose fine trajectory OLSS learns to shortcut (FewStep's deterministic "
-                        "solvers; DPM-Solver++(2M) by default)."}),
+                        "solvers). Default deis_3 (DEIS tAB3): its last step to sigma 0 is a multistep one, so its "
+                        "endpoint is ~1e-4 from the exact ODE solution on the analytic models, where DPM-Solver++(2M)'s "
+                        "first-order final jump leaves up to 9e-3, a floor no student can go below."}),
             "teacher_steps": ("INT", {"default": 100, "min": TEACHER_STEPS_RANGE[0], "max": TEACHER_STEPS_RANGE[1],
                               "tooltip": "Steps of the teacher trajectory; the student's sigmas are chosen among "
                                          "these. More is more accurate and slower (one model call per step "
@@ -144,10 +163,21 @@ class FewStepOLSSTrain:
                             "planning, refit each step on the student's own states and outputs (steps x samples "
                             "extra model calls; keeps the teacher states in RAM until then). On the analytic "
                             "benchmark it was better in half the cases and worse in the other half."}),
+        }, "optional": {   # optional: API workflows saved before they existed still validate
+            "select_on_heldout": ("BOOLEAN", {"default": True, "tooltip":
+                                  "On: held-out teacher runs (other seeds, never fitted) decide between OLSS, "
+                                  "OLSS-P and the teacher's own solver on every fixed schedule (FewStep's and "
+                                  "ComfyUI's, on the teacher grid) at the same steps; the profile is the winner, "
+                                  "so it is never worse on them than the best fixed solver + schedule it was "
+                                  "compared with, and says which won. Off: path_planning decides, as before."}),
+            "heldout_runs": ("INT", {"default": 4, "min": HELDOUT_RANGE[0], "max": HELDOUT_RANGE[1], "tooltip":
+                             "Held-out teacher runs for select_on_heldout (each one teacher trajectory over the "
+                             "latent batch, plus steps model calls per candidate)."}),
         }}
 
     def train(self, model, positive, negative, latent_image, cfg, teacher, teacher_steps, teacher_schedule, steps,
-              samples, seed, path_planning, name, ridge=0.0, closed_loop=False):
+              samples, seed, path_planning, name, ridge=0.0, closed_loop=False, select_on_heldout=True,
+              heldout_runs=4):
         name = check_file_stem(name, "FewStepOLSSTrain: name")
         if not name:
             raise ValueError("FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
@@ -167,6 +197,9 @@ class FewStepOLSSTrain:
                              f"{teacher_schedule!r}")
         if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and 0 <= ridge <= 1):
             raise ValueError(f"FewStepOLSSTrain: ridge must be in [0, 1], got {ridge!r}")
+        if not isinstance(select_on_heldout, bool):
+            raise ValueError(f"FewStepOLSSTrain: select_on_heldout must be true or false, got {select_on_heldout!r}")
+        heldout_runs = _check_int(heldout_runs, *HELDOUT_RANGE, "heldout_runs")
         teacher_fn = teacher_function(teacher)
         ms = model_sigmas_of(model)
         teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms,
@@ -181,7 +214,8 @@ class FewStepOLSSTrain:
             raise ValueError(f"FewStepOLSSTrain: closed_loop keeps every teacher state in RAM "
                              f"({keep_bytes / 2**30:.1f} GiB here, limit {MAX_KEEP_BYTES / 2**30:.0f} GiB): lower "
                              "samples or teacher_steps, or turn closed_loop off")
-        pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1 + (samples * steps if closed_loop else 0))
+        pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1 + (samples * steps if closed_loop else 0)
+                                       + (heldout_runs * (teacher_steps + 1) if select_on_heldout else 0))
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
 
         def on_step(_d):
@@ -239,11 +273,77 @@ class FewStepOLSSTrain:
                                                  float(ridge), check_interrupt=interrupt, on_call=tick)
             prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
             del kept
+        selection = ""
+        if select_on_heldout:
+            prof, selection = self._select(prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn,
+                                           sigmas_c, ms, steps, seed, heldout_runs, on_step, interrupt, path_planning,
+                                           ridge)
         path = str(save_path)
         prof.save(path)
-        report = core.olss_error_report(prof) + f"\nsaved to {path}"
+        report = core.olss_error_report(prof) + (f"\n{selection}" if selection else "") + f"\nsaved to {path}"
         log.info(report)
         return (prof, report)
+
+
+    def _select(self, prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn, sigmas_c, ms,
+                steps, seed, runs, on_step, interrupt, path_planning, ridge):
+        """Held-out selection: (the winning profile, the comparison's text)."""
+        primary = "olss" if path_planning else "olss_p"
+        cands = {primary: prof}
+        qr_prof = dataclasses.replace(prof, closed_loop=False)
+        other = core.fit_profile_from(qr_prof, not path_planning, ridge)
+        cands["olss_p" if path_planning else "olss"] = other
+        solver = functools.partial(teacher_fn)
+        seen = set()
+        for sname in fixed_schedule_names():
+            try:
+                sched = fixed_schedule(sname, steps, ms)
+            except ValueError:
+                continue
+            p = core.snap_path(sched, prof.teacher_sigmas)
+            if p is None or tuple(p) in seen:
+                continue
+            seen.add(tuple(p))
+            sp = core.solver_profile(prof, solver, p, f"{teacher} + {sname}")
+            if sp is not None:
+                cands[f"solver:{teacher} + {sname}"] = sp
+        sq = {k: 0.0 for k in cands}
+        ref_sq = [0.0]
+
+        def evaluate(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+            fam = family_of_k_model(model_k)
+            st, _ = core.record_trajectory(model_k, x, sigmas, functools.partial(teacher_fn, family=fam),
+                                           extra_args, callback=on_step)
+            target = st[-1].to(torch.float64)
+            ref_sq[0] += float(target.pow(2).sum())
+            for key, c in cands.items():
+                interrupt()
+                y = core.sample_olss(model_k, st[0].to(x.device, x.dtype).clone(), c.sigmas.to(x.device, x.dtype),
+                                     extra_args, profile=c)
+                sq[key] += float((y.to(torch.float64) - target.to(y.device)).pow(2).sum())
+            return st[-1].to(x.device, x.dtype)
+
+        for r in range(runs):
+            interrupt()
+            s = seed + HELDOUT_SEED_OFFSET + r
+            noise = comfy.sample.prepare_noise(latent, s)
+            comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(evaluate), sigmas_c, positive,
+                                       negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=s)
+            on_step(None)   # the run's last tick (its teacher steps ticked one each)
+        err = {k: math.sqrt(v / max(ref_sq[0], 1e-300)) for k, v in sq.items()}
+        win = min(err, key=err.get)
+        fixed = {k: v for k, v in err.items() if k.startswith("solver:")}
+        best_fixed = min(fixed, key=fixed.get) if fixed else None
+        text = (f"held-out selection ({runs} teacher runs, seeds {seed + HELDOUT_SEED_OFFSET}..; error of the final "
+                f"state vs the teacher's): " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(err.items(), key=lambda kv: kv[1]))
+                + f"; kept {win}" + (f" ({err[win] / fixed[best_fixed]:.2f}x the best fixed solver + schedule, "
+                                     f"{best_fixed[7:]})" if best_fixed else ""))
+        chosen = cands[win]
+        method = "solver" if win.startswith("solver:") else win
+        chosen = dataclasses.replace(chosen, extra={**chosen.extra, "method": method, "selection": text[:4000]})
+        chosen.validate()
+        log.info("FewStep OLSS: %s", text)
+        return chosen, text
 
 
 # ------------------------------------------------------------------------------------------------

@@ -89,7 +89,12 @@ class FewStepAYSScheduler:
                                     "(needed for auto and for non-SD models)."}),
                 "saved_schedule": ([NONE] + saved_ays_names(), {"default": NONE, "tooltip":
                                    f"A schedule saved by FewStepAYSOptimize in models/{AYS_FOLDER}; overrides "
-                                   "model_type and is interpolated to `steps`."}),
+                                   "model_type and is interpolated to `steps`. It is aligned to one sampler (the "
+                                   "optimizer's align_to, recorded in the file and shown on this node): sample it "
+                                   "with that sampler."}),
+                "sampler": ("SAMPLER", {"tooltip": "Optional: the SAMPLER you sample this schedule with (the "
+                            "SIGMAS output cannot know it). With a saved_schedule aligned to another sampler, this "
+                            "node warns once, here and in the log."}),
             },
         }
 
@@ -104,11 +109,18 @@ class FewStepAYSScheduler:
         st = os.stat(path)
         return f"{st.st_mtime_ns}:{st.st_size}"
 
-    def get_sigmas(self, model_type, steps, denoise, model=None, saved_schedule=NONE):
+    def get_sigmas(self, model_type, steps, denoise, model=None, saved_schedule=NONE, sampler=None):
         ms = model_sigmas_of(model) if model is not None else None
         if saved_schedule and saved_schedule != NONE:
-            table, fam, _ = load_saved_ays(saved_schedule, model)
-            return (sigmas_out(ays_sigmas("SD1", steps, denoise, ms, table=table, check_interrupt=interrupt_check())),)
+            table, fam, meta = load_saved_ays(saved_schedule, model)
+            out = sigmas_out(ays_sigmas("SD1", steps, denoise, ms, table=table, check_interrupt=interrupt_check()))
+            from . import ays_align
+            text = ays_align.aligned_text(meta, saved_schedule)
+            used = ays_align.sampler_id_of_object(sampler) if sampler is not None else None
+            warning = ays_align.check_sampler(meta, saved_schedule, used, "the connected SAMPLER")
+            if warning is None:   # what it was aligned to, on the node (the warning shows itself)
+                ays_align.show_on_node(text)
+            return (out,)
         if model_type == "auto":
             if model is None:
                 raise ValueError("FewStepAYSScheduler: model_type 'auto' needs a model connected")
@@ -167,6 +179,25 @@ def _ays_handler(model_type):
     return handler
 
 
+#: KSampler's entry for a saved optimised schedule: the optimizer's default file name
+SAVED_KSAMPLER_FILE = "ays_optimized.safetensors"
+
+
+def _saved_ays_handler(model_sampling, steps):
+    """``fewstep_ays_optimized``: models/fewstep_ays/ays_optimized.safetensors (FewStepAYSOptimize's default
+    name) in KSampler; warns once when KSampler's sampler is not the one it was aligned to."""
+    from . import ays_align
+    ms = ModelSigmas.from_model_sampling(model_sampling)
+    if folder_paths.get_full_path(AYS_FOLDER, SAVED_KSAMPLER_FILE) is None:
+        raise ValueError(f"KSampler scheduler fewstep_ays_optimized: no {SAVED_KSAMPLER_FILE} in models/{AYS_FOLDER}; "
+                         "run FewStep AYS Optimize with name ays_optimized first")
+    table, _, meta = load_saved_ays(SAVED_KSAMPLER_FILE, model_sigmas=ms)
+    name = ays_align.executing_ksampler_name()
+    used = ays_align.sampler_id(name) if name else None
+    ays_align.check_sampler(meta, SAVED_KSAMPLER_FILE, used, "KSampler")
+    return sigmas_out(ays_sigmas("SD1", steps, 1.0, ms, table=table))
+
+
 KSAMPLER_SCHEDULERS = {
     "fewstep_ays": _ays_handler("SD1"),
     "fewstep_ays_sdxl": _ays_handler("SDXL"),
@@ -174,6 +205,7 @@ KSAMPLER_SCHEDULERS = {
     "fewstep_time_uniform": _ksampler_handler("time_uniform"),
     "fewstep_time_quadratic": _ksampler_handler("time_quadratic"),
     "fewstep_beta": _ksampler_handler("beta"),
+    "fewstep_ays_optimized": _saved_ays_handler,
 }
 
 

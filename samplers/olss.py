@@ -444,7 +444,9 @@ def _load_fields(f: FileCheck) -> "OLSSProfile":
               in [MIN_STEPS, MAX_STEPS], both equal to the tensors'; sigma_min, sigma_max,
               selected_sigmas, path and step_error equal to the tensors'; cfg in [0, 100]; ridge in
               [0, 1]; rows >= 1; samples >= 0; path_planning and closed_loop true/false; name, teacher
-              and model_fingerprint strings; denoise (a truncated profile) in (0, 1].
+              and model_fingerprint strings; denoise (a truncated profile) in (0, 1]; optional, since the
+              held-out selection: method (olss, olss_p or solver: which candidate won), solver (the fixed
+              solver + schedule when that won) and selection (the held-out comparison), strings.
     tensors   float32/float64: sigmas (k+1), wx (k), we (k, k) lower triangular, step_error (k) >= 0,
               teacher_sigmas (n+1) strictly decreasing and ending in 0, r_factor (2n+1, 2n+1) upper
               triangular; int64/int32: path (k); all finite.
@@ -502,6 +504,11 @@ def _load_fields(f: FileCheck) -> "OLSSProfile":
     extra = {}
     if "denoise" in f.meta:
         extra["denoise"] = f.number("denoise", 0.0, 1.0, lo_open=True)
+    if "method" in f.meta:   # since the held-out selection: which candidate won, and the comparison
+        extra["method"] = f.text("method", choices=METHODS)
+    for key in ("solver", "selection"):
+        if key in f.meta:
+            extra[key] = f.text(key, max_len=4000)
     return OLSSProfile(
         family=family, sigmas=sigmas, wx=wx, we=we, step_error=step_error, teacher_sigmas=t_sig, path=path,
         r_factor=r, rows=f.integer("rows", 1, 2 ** 62), teacher=f.text("teacher", max_len=200),
@@ -563,6 +570,20 @@ def fit_profile(qr: TrajectoryQR, teacher_sigmas: torch.Tensor, steps: int, fami
                        samples=qr.trajectories, **info)
     prof.validate()
     return prof
+
+
+def fit_profile_from(profile: OLSSProfile, path_planning: bool, ridge: float | None = None) -> OLSSProfile:
+    """Another fit (planned path or OLSS-P) from a profile's stored QR factor, with its other fields kept."""
+    n = profile.teacher_steps
+    fitter = SubspaceFitter(profile.r_factor, n, profile.rows, profile.ridge if ridge is None else ridge)
+    k = profile.steps
+    path = plan_path(fitter, n, k) if path_planning else uniform_path(n, k)
+    wx, we, err = fit_path(fitter, n, path)
+    p = torch.tensor(path, dtype=torch.int64)
+    out = replace(profile, sigmas=torch.cat([profile.teacher_sigmas[p], profile.teacher_sigmas[-1:]]), wx=wx, we=we,
+                  step_error=err, path=p, path_planning=bool(path_planning), closed_loop=False)
+    out.validate()
+    return out
 
 
 def check_student_steps(steps, teacher_steps: int) -> int:
@@ -639,6 +660,89 @@ def sample_olss(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             nxt = nxt + outs[m] * we[j][m]
         x = nxt
     return x
+
+
+# ------------------------------------------------------------------------------------------------
+# the fixed solvers a profile is compared with, as profiles
+METHODS = ("olss", "olss_p", "solver")
+
+
+class _ProbeOverrun(Exception):
+    pass
+
+
+def linear_solver_coefficients(solver: Callable, sigmas: torch.Tensor, family: str):
+    """(wx (k,), we (k, k)) of a deterministic solver that is linear in the state and the model outputs and
+    makes one model call per step, on ``sigmas`` (k+1 values): read off by running it on a probe, a state
+    of k+1 coordinates (x_0 = e_0) and a "model" whose j-th output is e_{j+1}, so that every state is its
+    own coefficient vector. None when the solver does not make exactly one call per step (e.g. Heun)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64)
+    k = sig.numel() - 1
+    x0 = torch.zeros(1, k + 1, dtype=torch.float64)
+    x0[0, 0] = 1.0
+    calls = [0]
+
+    def model(x, sigma, **_):
+        j = calls[0]
+        calls[0] += 1
+        if j >= k:
+            raise _ProbeOverrun()
+        out = torch.zeros_like(x)
+        out[0, j + 1] = 1.0
+        return out
+    states = []
+    try:
+        final = solver(model, x0.clone(), sig, extra_args={}, callback=lambda d: states.append(d["x"].clone()),
+                       disable=True, family=family)
+    except _ProbeOverrun:
+        return None
+    if calls[0] != k or len(states) != k:
+        return None
+    xs = states[1:] + [final]
+    wx = torch.tensor([float(v[0, 0]) for v in xs], dtype=torch.float64)
+    we = torch.stack([v[0, 1:] for v in xs]).to(torch.float64)
+    if bool((torch.triu(we, diagonal=1).abs() > 1e-12).any()):
+        return None        # a step used a later output: not a causal one-call-per-step solver
+    return wx, torch.tril(we)
+
+
+def solver_profile(base: OLSSProfile, solver: Callable, path: Sequence[int], label: str):
+    """The fixed solver ``solver`` on the teacher sigmas at ``path`` (then 0) as a profile of ``base``'s
+    teacher (its coefficients read by :func:`linear_solver_coefficients`, its step errors from the stored
+    QR factor), or None when the solver is not linear with one call per step."""
+    p = [int(i) for i in path]
+    sig = torch.cat([base.teacher_sigmas[p], base.teacher_sigmas[-1:]])
+    got = linear_solver_coefficients(solver, sig, base.family)
+    if got is None:
+        return None
+    wx, we = got
+    fitter = SubspaceFitter(base.r_factor, base.teacher_steps, base.rows, 0.0)
+    n = base.teacher_steps
+    err = torch.zeros(len(p), dtype=torch.float64)
+    for j in range(len(p)):
+        target = p[j + 1] if j + 1 < len(p) else n
+        cols = [p[0]] + [n + 1 + i for i in p[: j + 1]]
+        top = max(cols + [target]) + 1
+        c = torch.cat([wx[j:j + 1], we[j, : j + 1]])
+        r = fitter.R[:top, cols] @ c - fitter.R[:top, target]
+        err[j] = float(r @ r) / base.rows
+    prof = replace(base, sigmas=sig, wx=wx, we=we, step_error=err, path=torch.tensor(p, dtype=torch.int64),
+                   path_planning=False, closed_loop=False, extra={**base.extra, "method": "solver", "solver": label})
+    prof.validate()
+    return prof
+
+
+def snap_path(sigmas, teacher_sigmas: torch.Tensor) -> list | None:
+    """The teacher indices nearest (in log sigma) to a schedule's positive sigmas, the first at 0; None when
+    two fall on the same index or the first is not the teacher's first sigma."""
+    ts = torch.as_tensor(teacher_sigmas, dtype=torch.float64)
+    pos = ts[:-1].log()
+    out = []
+    for v in torch.as_tensor(sigmas, dtype=torch.float64)[:-1]:
+        out.append(int(torch.argmin((pos - math.log(float(v))).abs())))
+    if not out or out[0] != 0 or any(b <= a for a, b in zip(out[:-1], out[1:])):
+        return None
+    return out
 
 
 def olss_error_report(profile: OLSSProfile) -> str:

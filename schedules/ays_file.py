@@ -6,10 +6,17 @@ optimised level (n + 1 positive, strictly decreasing values). Metadata: ``fewste
 ``"ays_schedule/1"``, ``family`` (eps or flow) and ``sigma_min`` (the level's smallest sigma, that the
 table ends at instead of 0) are required; ``sigma_max``, ``steps``, ``model_fingerprint``, ``klub``,
 ``stop_reason``, ``cfg``, ``seed``, ``samples``, ``iterations``, ``align_to`` and ``data`` are checked
-where present. Other keys are ignored.
+where present, and so are the fields FewStep writes since the optimizer's final guard (all optional, so
+older files load as before): ``aligned_sampler`` (the sampler the schedule was aligned to:
+``comfyui:<name>`` or ``fewstep:<solver>``, or empty for the paper's bound alone), ``start`` (the fixed
+schedule it started from), ``start_error`` and ``final_error`` (their held-out errors, >= 0), ``kept``
+(``optimised``, ``stage1`` or ``fixed:<name>``) and ``guard`` (the guard's text). Other keys are ignored.
 
 Every sigma must lie in the family's range (eps: (0, ``MAX_SIGMA``], flow: (0, 1]) and, when a model
-is given, inside that model's sigma range (``SIGMA_RANGE_RTOL``) and of its family.
+is given, inside that model's sigma range (``SIGMA_RANGE_RTOL``) and of its family. ``sigma_min`` is the
+value the table ends at instead of 0; only the sampled sigmas (``sigmas`` without its 0) are checked
+against the model's range, because a schedule that already samples the model's sigma_min (Karras, say)
+ends its table below it.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ KIND = "AYS schedule"
 MAX_SIGMA = 1e4
 MAX_VALUES = MAX_STEPS + 1
 _LEVEL_RE = re.compile(r"level_([0-9]{1,5})", re.ASCII)
+_SAMPLER_RE = re.compile(r"(comfyui|fewstep):[A-Za-z0-9_.\-]{1,100}", re.ASCII)
+_KEPT_RE = re.compile(r"optimised|stage1|fixed:[A-Za-z0-9_]{1,50}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -100,9 +109,19 @@ def load_ays_schedule(path, model_sigmas: ModelSigmas | None = None) -> SavedAYS
     f.integer("iterations", 1, 10000, default=None)
     f.text("align_to", default=None, max_len=200)
     f.text("data", default=None, choices=("teacher", "latent_image"))
+    sampler = f.text("aligned_sampler", default=None, max_len=120)
+    if sampler and not _SAMPLER_RE.fullmatch(sampler):
+        raise f.error("aligned_sampler", f"must be empty, 'comfyui:<sampler>' or 'fewstep:<solver>', got {sampler!r}")
+    f.text("start", default=None, max_len=60)
+    f.number("start_error", 0.0, math.inf, default=None)
+    f.number("final_error", 0.0, math.inf, default=None)
+    kept = f.text("kept", default=None, max_len=60)
+    if kept is not None and not _KEPT_RE.fullmatch(kept):
+        raise f.error("kept", f"must be 'optimised', 'stage1' or 'fixed:<schedule>', got {kept!r}")
+    f.text("guard", default=None, max_len=2000)
     if model_sigmas is not None:
         try:
-            check_against_model(float(s[0]), sigma_min, family, model_sigmas, f"{KIND} {f.path.name}")
+            check_against_model(float(s[0]), float(s[-2]), family, model_sigmas, f"{KIND} {f.path.name}")
         except ValueError as e:
             raise ProfileError(str(e)) from None
     table = s.clone()

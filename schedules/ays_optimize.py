@@ -248,6 +248,15 @@ class AYSResult:
     align: str | None = None                         # stage 2's solver (None: the paper's bound only)
     klub_only: dict = field(default_factory=dict)    # align: n -> the level after stage 1 (the bound)
     aligned: dict = field(default_factory=dict)      # align: n -> (error before, after, sweeps, why it stopped)
+    # with held-out pairs:
+    start_errors: dict = field(default_factory=dict)  # every fixed start -> its held-out error
+    start_error: float | None = None                  # the kept start's held-out error
+    final_error: float | None = None                  # the returned schedule's held-out error
+    fixed_errors: dict = field(default_factory=dict)  # every fixed schedule at `steps` -> its held-out error
+    best_fixed: str = ""                              # the lowest of them
+    safety: dict = field(default_factory=dict)       # check solver -> optimised / its best fixed (held out)
+    kept: str = ""                                    # "optimised", "stage1" or "fixed:<name>"
+    guard: str = ""                                   # what the final guard kept, and why
 
 
 def _snap(sig: float, table: torch.Tensor | None) -> float:
@@ -283,13 +292,88 @@ def initial_schedule(n: int, ms: ModelSigmas, init: str = "time_uniform") -> lis
     return s
 
 
-#: the hand-crafted schedules ``init="auto"`` chooses from
+#: the hand-crafted schedules ``init="auto"`` chooses from when no held-out pairs are given
 AUTO_INIT = ("karras", "ays")
+#: with held-out pairs (``holdout``), ``init="auto"`` starts from every fixed schedule FewStep and ComfyUI
+#: offer, each exactly as it samples at the level's step count: FewStep's Karras (rho 7), logSNR-uniform,
+#: time-uniform, time-quadratic and beta; ComfyUI's exponential, simple, normal, sgm_uniform and
+#: kl_optimal (schedules/comfy_like.py); and the published SD1.5 AYS table remapped onto the model
+START_SCHEDULES = ("karras", "logsnr_uniform", "exponential", "time_uniform", "time_quadratic", "beta",
+                   "kl_optimal", "simple", "normal", "sgm_uniform", "ays")
+#: how far below the last positive sigma a level ends when that sigma is sigma_min already (the level's
+#: last value only stands for the final jump to 0)
+FLOOR_RATIO = 0.5
+#: the final schedule is kept only when, with every check solver, its held-out error is at most this
+#: many times that solver's best fixed schedule (the issue's bound is 1.5x; a margin for 32 pairs)
+SAFE_RATIO = 1.4
+#: stage 2 on an unsafe schedule: the most a move towards safety may raise the pairs' rms error
+RESTORE_LOSS = 1.05
+#: fitted pairs the in-loop safety check of stage 2 samples (the final guard uses every held-out pair)
+SAFETY_FIT_PAIRS = 16
+
+
+def fixed_schedule(name: str, n: int, ms: ModelSigmas) -> torch.Tensor:
+    """The n-step sampling schedule (n+1 sigmas ending in 0) of a START_SCHEDULES entry."""
+    from . import get_schedule
+    from .ays import ays_full
+    from .comfy_like import COMFY_SCHEDULES, comfy_schedule
+    if name in COMFY_SCHEDULES:
+        return comfy_schedule(name, n, ms)
+    if name == "ays":
+        return ays_full("SD1", n, ms)
+    return get_schedule(name, n, ms)
+
+
+def level_of(sampling, ms: ModelSigmas) -> list:
+    """A sampling schedule (n+1 sigmas ending in 0) as a level: n+1 positive values from sigma_max whose
+    last, a floor of FLOOR_RATIO times the smaller of the last positive sigma and sigma_min, only stands
+    for the final 0, so that ``schedule_for_steps`` gives the sampling schedule back exactly and the last
+    positive sigma can move down to sigma_min itself (the searches keep every sampled sigma >= sigma_min)."""
+    s = [float(v) for v in sampling[:-1]]
+    s[0] = ms.sigma_max
+    return s + [min(s[-1], ms.sigma_min) * FLOOR_RATIO]
+
+
+def start_levels(n: int, ms: ModelSigmas, names=START_SCHEDULES) -> dict:
+    """name -> level of every fixed schedule at n steps that is a valid, distinct schedule (duplicates,
+    e.g. exponential = logSNR-uniform on eps models, are kept under the first name)."""
+    out = {}
+    for name in names:
+        try:
+            lv = level_of(fixed_schedule(name, n, ms), ms)
+        except ValueError:
+            continue
+        if any(b >= a for a, b in zip(lv[:-1], lv[1:])):
+            continue
+        t = torch.tensor(lv, dtype=torch.float64)
+        if any(float(((t - torch.tensor(o, dtype=torch.float64)).abs() / t).max()) < 1e-6 for o in out.values()):
+            continue
+        out[name] = lv
+    return out
 
 
 def subdivide(sigmas, ms: ModelSigmas) -> list:
     """Insert the lambda-midpoint of every step (the paper's 10 -> 20 -> 40 subdivision)."""
     fam = ms.family
+    if float(sigmas[-1]) < ms.sigma_min * (1 - 1e-9):
+        # a floor-ended level (level_of): subdivide the sampled sigmas, the last step to the floor at
+        # its midpoint clamped to sigma_min, or, when the last sampled sigma is sigma_min already, the
+        # step before it in thirds
+        pos = [float(v) for v in sigmas[:-1]]
+        lam = [_lam_eff(v, fam, ms) for v in pos]
+        out = [pos[0]]
+        for j in range(1, len(pos)):
+            out.append(float(families.sigma_from_lam(0.5 * (lam[j - 1] + lam[j]), fam)))
+            out.append(pos[j])
+        low = families.lam(ms.sigma_min, fam)
+        last_mid = 0.5 * (lam[-1] + families.lam(float(sigmas[-1]), fam))
+        if pos[-1] > ms.sigma_min * (1 + 1e-6):
+            out.append(max(ms.sigma_min, float(families.sigma_from_lam(min(last_mid, low), fam))))
+        else:
+            a, b = lam[-2], lam[-1]
+            out[-2:-1] = [float(families.sigma_from_lam(a + (b - a) / 3, fam)),
+                          float(families.sigma_from_lam(a + 2 * (b - a) / 3, fam))]
+        return out + [min(out[-1], ms.sigma_min) * FLOOR_RATIO]
     out = [float(sigmas[0])]
     for a, b in zip(sigmas[:-1], sigmas[1:]):
         la, lb = _lam_eff(float(a), fam, ms), _lam_eff(float(b), fam, ms)
@@ -334,7 +418,7 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
             cands = []
             for lv in np.linspace(a, b, candidates):
                 s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
-                if lo < s < hi and s not in cands and s != cur:
+                if lo < s < hi and s not in cands and s != cur and s >= ms.sigma_min * (1 - 1e-12):
                     cands.append(s)
             base = _local(est, sched, i, order)
             proposals = []                            # (gain in the bound, candidate), significant ones
@@ -487,17 +571,23 @@ def _significant(d: torch.Tensor, z: float) -> bool:
 
 
 def _align(errors: TeacherError, sched: list, ms: ModelSigmas, sweeps: int, candidates: int,
-           table: torch.Tensor | None, z: float, window: float, shrink: float, tick: Callable):
+           table: torch.Tensor | None, z: float, window: float, shrink: float, tick: Callable,
+           safety: "Safety | None" = None, safe_tries: int = 2):
     """Stage 2: coordinate sweeps on the sampling error of the teacher pairs itself. Every interior point
     in turn takes the candidate (on the same lambda window as stage 1) that lowers the pairs' error the
-    most, when that is significant (paired, ``z`` standard errors). Returns (schedule, error before,
-    error after, sweeps run, why it stopped)."""
+    most, when that is significant (paired, ``z`` standard errors) and, with ``safety`` (a Safety: no
+    check solver far worse than with its best fixed schedule), safe; of the significant candidates the
+    ``safe_tries`` best are tried, best first. While the schedule is not safe (an unsafe start), a point
+    may instead take the candidate that lowers the worst check ratio most at a loss of at most
+    RESTORE_LOSS (relative rms error on the pairs).
+    Returns (schedule, error before, error after, sweeps run, why it stopped)."""
     fam = ms.family
     n = len(sched) - 1
     sched = list(sched)
     cur, recs = errors.trial(sched, 0)
     errors.adopt(recs)
     err0 = _rms(cur)
+    cur_worst = safety.worst(sched)[1] if safety is not None else 0.0
     reason = f"iterations ({sweeps}) done"
     run = 0
     for k in range(sweeps):
@@ -510,16 +600,37 @@ def _align(errors: TeacherError, sched: list, ms: ModelSigmas, sweeps: int, cand
             cands = []
             for lv in np.linspace(l_c - w * (l_c - l_hi), l_c + w * (l_lo - l_c), candidates):
                 s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
-                if lo < s < hi and s != c and s not in cands:
+                if lo < s < hi and s != c and s not in cands and s >= ms.sigma_min * (1 - 1e-12):
                     cands.append(s)
-            best = None                                   # (mean change, value, errors, outputs)
+            top = []                                      # the best significant (mean change, value, errors, outputs)
+            keep = 1 if safety is None else safe_tries
+            unsafe = safety is not None and cur_worst > safety.ratio
+            near = None                                   # unsafe: (worst ratio, value, errors, outputs), the lowest
             for s in cands:
                 trial = list(sched)
                 trial[i] = s
                 e, r = errors.trial(trial, i)
                 d = e - cur
-                if _significant(d, z) and (best is None or float(d.mean()) < best[0]):
-                    best = (float(d.mean()), s, e, r)
+                if _significant(d, z):
+                    top = sorted(top + [(float(d.mean()), s, e, r)], key=lambda t: t[0])[:keep]
+                elif unsafe and _rms(e) <= RESTORE_LOSS * _rms(cur):  # a small loss: a step towards safety?
+                    w_ = safety.worst(trial)[1]
+                    if near is None or w_ < near[0]:
+                        near = (w_, s, e, r)
+            best = None
+            for cand in top:
+                trial = list(sched)
+                trial[i] = cand[1]
+                w_ = safety.worst(trial)[1] if safety is not None else 0.0
+                if safety is None or w_ <= max(safety.ratio, cur_worst if unsafe else 0.0):
+                    best, new_worst = cand, w_
+                    break
+            if best is None and near is not None:
+                w_, s_, e_, r_ = near
+                if w_ < cur_worst * 0.98:
+                    best, new_worst = (0.0, s_, e_, r_), w_
+            if best is not None and safety is not None:
+                cur_worst = new_worst
             if best is not None:
                 sched[i], cur = best[1], best[2]
                 errors.adopt(best[3])
@@ -537,7 +648,8 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                  init: str = "auto", order: int = 1, z: float = 1.0, tol: float = 0.005,
                  window: float = 0.5, shrink: float = 0.85, patience: int = 2, accept: str = "move",
                  auto_init: tuple = AUTO_INIT, tries: int = 1, align: str | None = None,
-                 align_candidates: int = 17,
+                 align_candidates: int = 17, holdout: tuple | None = None, check_solvers: dict | None = None,
+                 refine_starts: int = 2, align_cache: bool | None = None, safe_ratio: float = SAFE_RATIO,
                  progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
     """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
 
@@ -568,7 +680,18 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     the same significance rule; 17 rather than 9: finer moves, at no loss on the held-out noises of
     bench/ays.py). The bound
     is the paper's; this stage is FewStep's: the KLUB bounds the stochastic sampler's error, not an ODE
-    solver's, and its optimum crowds low noise. ``solver`` defaults to the ``align`` solver then.
+    solver's, and its optimum crowds low noise. ``solver`` defaults to the ``align`` solver then; with
+    another ``solver`` (e.g. one of ComfyUI's samplers, given by the node) ``align`` is only its label, and
+    ``align_cache`` says whether its call k depends on sigmas[0..k] only (TeacherError's prefix cache).
+
+    Held-out pairs (``holdout = (x_T, x_ref)``, teacher pairs no stage fits on): with ``init="auto"``
+    every START_SCHEDULES entry, exactly as it samples, is scored on them with ``solver`` and the best
+    ``refine_starts`` are refined; the refined start with the lowest held-out error is kept (``res.init``).
+    At the end (``_guard``) the schedule for ``steps`` competes on the held-out pairs with the stage-1
+    schedule and with every fixed schedule at ``steps``: it is kept only when it is not worse than the
+    best of them with ``solver`` and, with every solver of ``check_solvers`` (name -> solve(model, x,
+    sigmas)), within ``safe_ratio`` of that solver's best fixed schedule; otherwise the best candidate
+    that is, or the best fixed schedule itself. ``res.guard`` says what was kept and why.
     Deterministic for a given ``seed``.
     """
     from ._common import check_steps
@@ -592,8 +715,12 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         raise ValueError(f"auto_init must be a non-empty tuple of {inits[1:]}, got {auto_init!r}")
     if accept not in ("move", "sweep"):
         raise ValueError(f"accept must be 'move' or 'sweep', got {accept!r}")
-    if align is not None and align not in ALIGN_SOLVERS:
+    if align is not None and solver is None and align not in ALIGN_SOLVERS:
         raise ValueError(f"align must be None or one of {ALIGN_SOLVERS}, got {align!r}")
+    if not isinstance(refine_starts, int) or refine_starts < 1:
+        raise ValueError(f"refine_starts must be a whole number >= 1, got {refine_starts!r}")
+    if holdout is not None and (holdout[0].shape != holdout[1].shape or holdout[0].shape[0] < 2):
+        raise ValueError("holdout must be (x_T, x_ref) of the same shape, at least 2 pairs")
     if not isinstance(align_candidates, int) or not (2 <= align_candidates <= 64):
         raise ValueError(f"align_candidates must be in [2, 64], got {align_candidates!r}")
     if align is not None and validation is None:
@@ -607,18 +734,44 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         discrete = fam == families.EPS
     table = ms.table if discrete else None
     est = KLUBEstimator(denoiser, x0, fam, seed=seed, batch_size=batch_size, interrupt=interrupt)
-    validate = None
+    validate = held = None
+
+    def count(k):
+        est.evaluations += k
     if validation is not None:
+        if align_cache is None:
+            align_cache = solver is None
         if solver is None:
             solver = _solver_fn(align or "dpmpp_2m", fam)
-
-        def count(k):
-            est.evaluations += k
         validate = TeacherError(denoiser, validation, fam, solver, batch_size, interrupt, count,
-                                cache=align is not None)
+                                cache=align is not None and bool(align_cache))
+        if holdout is not None:
+            held = TeacherError(denoiser, holdout, fam, solver, batch_size, interrupt, count)
+    safety_fit = safety_held = None
+    if held is not None and check_solvers:
+        k = min(SAFETY_FIT_PAIRS, validation[0].shape[0])
+        safety_fit = Safety(denoiser, (validation[0][:k], validation[1][:k]), fam, ms, check_solvers, safe_ratio,
+                            batch_size, interrupt, count)
+        safety_held = Safety(denoiser, holdout, fam, ms, check_solvers, safe_ratio, batch_size, interrupt, count)
     lv = levels_for(steps)
     multi = init == "auto" and validate is not None
-    starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
+    if multi and held is not None:
+        pool = start_levels(lv[0], ms)
+        if discrete:       # a start must survive the grid rounding the search applies
+            def on_grid(v):
+                w = [v[0]] + [_snap(x, table) for x in v[1:-1]] + [v[-1]]
+                return all(b < a for a, b in zip(w[:-1], w[1:]))
+            pool = {k: v for k, v in pool.items() if on_grid(v)}
+        start_err = {name: _rms(held(sched)) for name, sched in pool.items()}
+        order_ = sorted(pool, key=lambda k: start_err[k])
+        if safety_held is not None:   # the best start, and the best safe one (within safe_ratio of every check)
+            worst = {k: safety_held.worst(pool[k])[1] for k in pool}
+            safe_first = sorted(pool, key=lambda k: (worst[k] > safe_ratio, start_err[k]))
+            order_ = [order_[0]] + [k for k in safe_first if k != order_[0]]
+        starts = order_[:refine_starts]
+    else:
+        pool, start_err = None, {}
+        starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
     total_ticks = sum(iterations * (n - 1) * ((len(starts) if k == 0 else 1) + (align is not None))
                       for k, n in enumerate(lv))
     done = [0]
@@ -645,9 +798,17 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
 
     res = AYSResult(sigmas=torch.empty(0), steps=steps, family=fam, sigma_min=ms.sigma_min, sigma_max=ms.sigma_max,
                     align=align)
+    res.start_errors = start_err
     sched = None
     for n in lv:
-        if sched is None:
+        if sched is None and pool is not None:
+            # held-out pairs: refine the best starts on them, keep the one lowest on them after stage 1
+            runs = [(refine(pool[name], n), name) for name in starts]
+            scored = [(_rms(held(r[0])), r, name) for r, name in runs]
+            e1, out, res.init = min(scored, key=lambda t: t[0])
+            res.starts = {name: (start_err[name], e) for e, _, name in scored}
+            res.start_error = start_err[res.init]
+        elif sched is None:
             # init "auto" with validation pairs: refine from every start, keep the lowest sampling error
             runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
             out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
@@ -658,7 +819,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         if align is not None:
             res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
             sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
-                                              window, shrink, tick)
+                                              window, shrink, tick, safety=safety_fit)
             done[0] += (iterations - asw) * (n - 1)
             if progress is not None:
                 progress(done[0], total_ticks)
@@ -669,9 +830,90 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         res.stop_reason[n] = why
         if v0 is not None:
             res.validation[n] = (v0, v1)
-    res.evaluations = est.evaluations
     res.sigmas = schedule_for_steps(res.levels, steps)
+    if held is not None:
+        _guard(res, held, safety_held, ms, steps, safe_ratio)
+    res.evaluations = est.evaluations
     return res
+
+
+class Safety:
+    """Is a schedule safe with other solvers? Per check solver (name -> solve(model, x, sigmas)), its error
+    on the pairs relative to that solver's best fixed schedule (START_SCHEDULES at the same step count)."""
+
+    def __init__(self, denoiser, pairs, family, ms: ModelSigmas, check_solvers: dict, ratio: float, batch_size,
+                 interrupt, count):
+        self.ms, self.ratio = ms, float(ratio)
+        self.te = {name: TeacherError(denoiser, pairs, family, fn, batch_size, interrupt, count)
+                   for name, fn in check_solvers.items()}
+        self._best: dict = {}
+
+    def best(self, n: int) -> dict:
+        if n not in self._best:
+            fixed = list(start_levels(n, self.ms).values())
+            self._best[n] = {name: min(_rms(te(v)) for v in fixed) for name, te in self.te.items()}
+        return self._best[n]
+
+    def ratios(self, sched) -> dict:
+        ref = self.best(len(sched) - 1)
+        return {name: _rms(te(sched)) / max(ref[name], 1e-300) for name, te in self.te.items()}
+
+    def worst(self, sched) -> tuple:
+        r = self.ratios(sched)
+        return max(r.items(), key=lambda kv: kv[1]) if r else ("", 0.0)
+
+    def ok(self, sched) -> bool:
+        return self.worst(sched)[1] <= self.ratio
+
+
+def _guard(res: AYSResult, held: "TeacherError", safety: Safety | None, ms: ModelSigmas, steps: int,
+           safe_ratio: float) -> None:
+    """The final guard on the held-out pairs (see optimize_ays): every candidate -- the optimised schedule,
+    the stage-1 schedule, every fixed schedule at ``steps`` -- is scored with the aligned solver; the
+    lowest that is safe (within ``safe_ratio`` of every check solver's best fixed schedule) is kept, or, when
+    none is, the one whose worst ratio is lowest. Sets res.sigmas (and res.levels when a fixed schedule
+    wins), res.guard, res.kept, res.final_error, res.best_fixed, res.fixed_errors, res.safety."""
+    fixed = start_levels(steps, ms)
+    e_fixed = {k: _rms(held(v)) for k, v in fixed.items()}
+    best = min(e_fixed, key=e_fixed.get)
+    res.fixed_errors, res.best_fixed = e_fixed, best
+
+    def level_for_steps(levels):
+        return list(schedule_for_steps(levels, steps)[:-1]) + [1.0]   # its last value only stands for 0
+    cands = [("optimised", level_for_steps(res.levels), res.levels)]
+    if res.klub_only:
+        lv1 = {n: v.clone() for n, v in res.klub_only.items()}
+        cands.append(("stage1", level_for_steps(lv1), lv1))
+    cands += [(f"fixed:{k}", v, {steps: torch.tensor(v, dtype=torch.float64)}) for k, v in fixed.items()]
+    scored = []
+    for label, lv, levels in cands:
+        e = e_fixed[label[6:]] if label.startswith("fixed:") else _rms(held(lv))
+        worst = safety.worst(lv) if safety is not None else ("", 0.0)
+        scored.append((label, e, worst, levels))
+        if label == "optimised" and safety is not None:
+            res.safety = safety.ratios(lv)
+    safe = [t for t in scored if t[2][1] <= safe_ratio]
+    label, e, worst, levels = min(safe, key=lambda t: t[1]) if safe else min(scored, key=lambda t: t[2][1])
+    res.kept, res.final_error = label, e
+    if label.startswith("fixed:"):
+        res.levels = levels
+    elif label == "stage1":
+        res.levels = levels
+    res.sigmas = schedule_for_steps(res.levels, steps)
+    opt = scored[0]
+    notes = [f"optimised {opt[1]:.4g} (best fixed {best} {e_fixed[best]:.4g}, {opt[1] / max(e_fixed[best], 1e-300):.2f}x)"]
+    if safety is not None:
+        notes.append(f"optimised with the check solvers (error / their best fixed schedule): "
+                     + ", ".join(f"{k} {v:.2f}x" for k, v in res.safety.items()))
+        if best != label[6:] and e_fixed[best] < e:
+            b = next(t for t in scored if t[0] == f"fixed:{best}")
+            if b[2][1] > safe_ratio:
+                notes.append(f"the best fixed schedule {best} is {b[2][1]:.2f}x with {b[2][0]}: not safe")
+    res.guard = (f"kept {label} (held-out error {e:.4g}" + (f", worst {worst[1]:.2f}x with {worst[0]}" if worst[0]
+                                                              else "") + ("" if safe else
+                                                                          "; no candidate was safe with every "
+                                                                          "check solver: the least unsafe") +
+                 "); " + "; ".join(notes))
 
 
 def _rms(per_pair) -> float:

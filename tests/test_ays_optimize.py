@@ -319,3 +319,145 @@ def test_alignment_is_deterministic_reports_progress_and_checks_its_input():
         ays.optimize_ays(D, x0, am.model_sigmas, validation=val, align="dpmpp_2m", align_candidates=1)
     with pytest.raises(ValueError, match=f"at least {ays.ALIGN_MIN_PAIRS} validation pairs, got 31"):
         ays.optimize_ays(D, x0, am.model_sigmas, validation=(val[0][:31], val[1][:31]), align="dpmpp_2m")
+
+
+# --- issue 23: every fixed start, held-out pairs, the final guard, safety with other solvers ---------------
+def _holdout_setup(family, cfg=3.0, n=32, hold=16, shape=(4, 6, 6)):
+    am = AnalyticModel(family, 3.0, 8, 0)
+    D = am.denoiser(cfg)
+    ms = am.model_sigmas
+    x_T, x0 = ays.teacher_samples(D, ms, n, shape, seed=5, teacher_steps=48, dtype=torch.float64)
+    h_T, h0 = ays.teacher_samples(D, ms, hold, shape, seed=6, teacher_steps=48, dtype=torch.float64)
+    return am, D, x0, (x_T, x0), (h_T, h0)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_every_fixed_start_samples_exactly_as_the_fixed_schedule(family):
+    """A start is the fixed n-step schedule itself: its level gives that sampling schedule back (also when it
+    already ends at sigma_min, as Karras does), and every START_SCHEDULES entry is one."""
+    ms = ModelSigmas.discrete_vp() if family == "eps" else ModelSigmas.flow(3.0)
+    pool = ays.start_levels(10, ms)
+    # on eps models exponential = logSNR-uniform and normal = time-uniform: kept once, under the first name
+    want = set(ays.START_SCHEDULES) - ({"exponential", "normal"} if family == "eps" else set())
+    assert set(pool) == want
+    for name, lv in pool.items():
+        fixed = ays.fixed_schedule(name, 10, ms)
+        back = ays.schedule_for_steps({10: torch.tensor(lv, dtype=torch.float64)}, 10)
+        assert torch.allclose(back[1:], fixed[1:].double(), rtol=1e-12, atol=0), name
+        assert all(b < a for a, b in zip(lv[:-1], lv[1:])) and lv[-1] < ms.sigma_min
+    sub = ays.subdivide(pool["karras"], ms)
+    assert len(sub) == 21 and all(b < a for a, b in zip(sub[:-1], sub[1:])) and min(sub[:-1]) >= ms.sigma_min
+
+
+def test_comfy_like_schedules_follow_their_definitions():
+    from fewstep.schedules import comfy_like
+    ms = ModelSigmas.discrete_vp()
+    e = comfy_like.exponential(10, ms)
+    assert torch.allclose(e[:-1].log().diff(), torch.full((9,), (math.log(ms.sigma_min) - math.log(ms.sigma_max)) / 9,
+                                                          dtype=torch.float64))
+    k = comfy_like.kl_optimal(10, ms)
+    assert torch.allclose(k[:-1].atan().diff(), torch.full((9,), (math.atan(ms.sigma_min) - math.atan(ms.sigma_max))
+                                                           / 9, dtype=torch.float64))
+    s = comfy_like.simple(10, ms)
+    assert float(s[0]) == ms.sigma_max and float(s[1]) == float(ms.table[-101]) and float(s[-1]) == 0
+    for name in comfy_like.COMFY_SCHEDULES:
+        for fam_ms in (ms, ModelSigmas.flow(3.0)):
+            v = comfy_like.comfy_schedule(name, 7, fam_ms)
+            assert len(v) == 8 and float(v[-1]) == 0 and bool((v[1:] < v[:-1]).all()), name
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        comfy_like.comfy_schedule("nope", 5, ms)
+
+
+def test_start_is_chosen_on_the_held_out_pairs_and_the_result_is_never_worse_there():
+    am, D, x0, val, hold = _holdout_setup("flow")
+    ms = am.model_sigmas
+    res = ays.optimize_ays(D, x0, ms, steps=10, iterations=2, candidates=5, align_candidates=5, seed=0,
+                           validation=val, align="dpmpp_2m", holdout=hold)
+    # every distinct fixed schedule was scored; the best of them on the held-out pairs was refined
+    assert set(res.start_errors) == set(ays.start_levels(10, ms))
+    best_start = min(res.start_errors, key=res.start_errors.get)
+    assert best_start in res.starts and res.init in res.starts
+    # an independent scorer on the held-out pairs: the output is no worse than any fixed schedule
+    te = ays.TeacherError(D, hold, "flow", ays._solver_fn("dpmpp_2m", "flow"), None, None, lambda k: None)
+    out = ays._rms(te(list(res.sigmas[:-1]) + [1.0]))
+    fixed = {k: ays._rms(te(v)) for k, v in ays.start_levels(10, ms).items()}
+    assert out <= min(fixed.values()) * (1 + 1e-9)
+    assert res.final_error == pytest.approx(out, rel=1e-9) and res.guard.startswith(f"kept {res.kept}")
+    assert res.start_error == pytest.approx(res.start_errors[res.init])
+
+
+def test_the_final_guard_replaces_a_bad_schedule_by_the_best_fixed_one(monkeypatch):
+    """Plant a stage 2 that wrecks the schedule: the guard must hand back the best fixed schedule."""
+    am, D, x0, val, hold = _holdout_setup("eps")
+    ms = am.model_sigmas
+
+    bad = ays.start_levels(10, ms)["time_uniform"]
+
+    def wreck(errors, sched, ms_, *a, **k):
+        return list(bad), 1.0, 1.0, 1, "planted"
+    monkeypatch.setattr(ays, "_align", wreck)
+    monkeypatch.setattr(ays, "_refine", lambda est, sched, *a, **k: (sched, 0.0, 0.0, 1, "skip", 0.0, 0.0))
+    res = ays.optimize_ays(D, x0, ms, steps=10, iterations=1, candidates=3, seed=0, validation=val,
+                           align="dpmpp_2m", holdout=hold, refine_starts=1)
+    assert res.fixed_errors["time_uniform"] > 1.5 * res.fixed_errors[res.best_fixed]   # the plant is bad
+    # the start itself (stage 1 skipped) or the best fixed schedule: the same schedule
+    assert res.kept in ("stage1", f"fixed:{res.best_fixed}"), res.guard
+    want = ays.fixed_schedule(res.best_fixed, 10, ms)
+    assert torch.allclose(res.sigmas[1:], want[1:].double(), rtol=1e-12)
+
+
+def test_the_final_guard_keeps_only_schedules_safe_with_every_check_solver():
+    """A check solver that is good only on the logSNR-uniform schedule: only that one is safe, so it is what the
+    guard keeps, whatever the aligned solver prefers."""
+    am, D, x0, val, hold = _holdout_setup("eps")
+    ms = am.model_sigmas
+    good = ays.fixed_schedule("logsnr_uniform", 10, ms)
+    fn = ays._solver_fn("dpmpp_2m", "eps")
+
+    def picky(model, x, sigmas):
+        out = fn(model, x, sigmas)
+        same = sigmas.numel() == good.numel() and torch.allclose(sigmas[1:], good[1:].to(sigmas), rtol=1e-9)
+        return out if same else out * 3.0
+    res = ays.optimize_ays(D, x0, ms, steps=10, iterations=1, candidates=3, align_candidates=3, seed=0,
+                           validation=val, align="dpmpp_2m", holdout=hold, check_solvers={"picky": picky})
+    assert res.kept == "fixed:logsnr_uniform", res.guard
+    assert torch.allclose(res.sigmas[1:], good[1:].double(), rtol=1e-12)
+    assert "picky" in res.safety and res.safety["picky"] > ays.SAFE_RATIO
+
+
+def _saved(tmp_path, name="s.safetensors", **meta):
+    from fewstep.core.io import atomic_save
+    ms = ModelSigmas.discrete_vp()
+    karras = ays.fixed_schedule("karras", 10, ms)          # ends at sigma_min: its table ends below it
+    lv = ays.level_of(karras, ms)
+    m = {"fewstep_format": "ays_schedule/1", "family": "eps", "sigma_min": lv[-1], "sigma_max": ms.sigma_max,
+         "aligned_sampler": "comfyui:dpmpp_2m", "start": "karras", "start_error": 0.05, "final_error": 0.04,
+         "kept": "optimised", "guard": "kept optimised"}
+    m.update(meta)
+    return atomic_save(tmp_path / name, {"sigmas": karras.float(), "level_10": torch.tensor(lv).float()}, m), ms
+
+
+def test_saved_file_records_the_aligned_sampler_and_loads_on_its_model(tmp_path):
+    from fewstep.schedules.ays_file import load_ays_schedule
+    p, ms = _saved(tmp_path)
+    got = load_ays_schedule(p, ms)        # its table ends below sigma_min, its sampled sigmas inside the range
+    assert got.meta["aligned_sampler"] == "comfyui:dpmpp_2m" and got.meta["kept"] == "optimised"
+    assert float(got.table[-2]) == pytest.approx(ms.sigma_min, rel=1e-6)
+    p2, _ = _saved(tmp_path, "fs.safetensors", aligned_sampler="fewstep:dpmpp_2m", kept="fixed:karras")
+    assert load_ays_schedule(p2, ms).meta["aligned_sampler"] == "fewstep:dpmpp_2m"
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("aligned_sampler", "dpmpp_2m", "aligned_sampler must be empty, 'comfyui:<sampler>'"),
+    ("aligned_sampler", 3, "aligned_sampler must be empty"),
+    ("kept", "best", "kept must be 'optimised'"),
+    ("final_error", -1.0, "final_error must be in"),
+    ("start_error", "x", "start_error must be a number"),
+])
+def test_saved_file_new_fields_are_checked(tmp_path, field, value, reason):
+    from fewstep.core.io import ProfileError
+    from fewstep.schedules.ays_file import load_ays_schedule
+    p, ms = _saved(tmp_path, "bad.safetensors", **{field: value})
+    with pytest.raises(ProfileError) as e:
+        load_ays_schedule(p, ms)
+    assert "bad.safetensors" in str(e.value) and reason in str(e.value)

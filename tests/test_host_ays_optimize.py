@@ -38,13 +38,18 @@ def test_optimise_save_and_load_through_the_ays_scheduler(comfy, ays_dir, family
     assert sig.dtype == torch.float32 and sig.device.type == "cpu" and len(sig) == 11
     assert float(sig[0]) == pytest.approx(float(ms.sigma_max), rel=1e-6) and float(sig[-1]) == 0
     assert bool((sig[1:] < sig[:-1]).all())
-    if family == "eps":  # discrete timesteps: every sigma is one of the model's own
-        table = ms.sigmas.double()
-        for v in sig[1:-1]:
-            assert float(((table - float(v)).abs() / table).min()) < 1e-6
     assert (ays_dir / "mine.safetensors").is_file()
     from fewstep.core.io import load_checked
     tensors, meta = load_checked(ays_dir / "mine.safetensors", "AYS schedule")
+    if meta["kept"].startswith("fixed:"):   # the final guard kept a fixed schedule: the output is that schedule
+        from fewstep.core.model_sigmas import ModelSigmas
+        from fewstep.schedules import ays_optimize as core
+        want = core.fixed_schedule(meta["kept"][6:], 10, ModelSigmas.from_model_sampling(ms))
+        assert torch.allclose(sig.double(), want, rtol=1e-5)
+    elif family == "eps":  # discrete timesteps: every optimised sigma is one of the model's own
+        table = ms.sigmas.double()
+        for v in sig[1:-1]:
+            assert float(((table - float(v)).abs() / table).min()) < 1e-6
     assert meta["family"] == family and meta["steps"] == 10 and meta["cfg"] == 3.0
     assert meta["fewstep_format"] == "ays_schedule/1" and "level_10" in tensors
     sched = comfy.NODES["FewStepAYSScheduler"]()
@@ -138,22 +143,165 @@ def test_preview_route_draws_a_saved_schedule(comfy, ays_dir):
         routes.sigmas_for_query({"schedule": "ays", "steps": "10", "saved_schedule": "absent.safetensors"})
 
 
-def test_align_to_refines_for_the_chosen_solver_and_none_is_the_papers_method(comfy, ays_dir):
+def _spy_optimize(monkeypatch):
+    import fewstep.nodes.ays_optimize as node
+    seen = []
+    real = node.core.optimize_ays
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        seen.append((kw, res))
+        return res
+    monkeypatch.setattr(node.core, "optimize_ays", spy)
+    return seen
+
+
+def test_align_to_a_builtin_sampler_runs_comfyuis_own_sampler(comfy, ays_dir, monkeypatch):
+    """align_to "KSampler: ipndm" refines with ComfyUI's own ipndm (its k-diffusion function is called, through
+    comfy.samplers.sampler_object) and the saved file records it; the node reports the start and the guard."""
+    import comfy.k_diffusion.sampling as ks
     from fewstep.core.io import load_checked
-    from fewstep.nodes.ays_optimize import ALIGN_NONE
+    calls = []
+    real = ks.sample_ipndm
+
+    def ipndm(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(ks, "sample_ipndm", ipndm)
+    seen = _spy_optimize(monkeypatch)
     model, pos, neg, latent = _analytic(comfy, "flow")
-    kw = dict(samples=32, iterations=3)
-    paper = _optimize(comfy, model, pos, neg, latent, name="paper", align_to=ALIGN_NONE, **kw)
-    aligned = _optimize(comfy, model, pos, neg, latent, name="aligned", align_to="dpmpp_2m", **kw)
-    assert not torch.equal(paper, aligned)
-    _, meta_p = load_checked(ays_dir / "paper.safetensors", "AYS schedule")
-    _, meta_a = load_checked(ays_dir / "aligned.safetensors", "AYS schedule")
-    assert meta_p["align_to"] == ALIGN_NONE and meta_a["align_to"] == "dpmpp_2m"
+    with torch.inference_mode():
+        out = comfy.NODES["FewStepAYSOptimize"]().optimize(model, pos, neg, 3.0, 10, 1, 32, 3, "ipndm",
+                                                            latent_image=latent, align_to="KSampler: ipndm")
+    assert len(calls) > 50                      # the teacher pairs were sampled with it, candidate after candidate
+    kw, res = seen[-1]
+    assert kw["align"] == "KSampler: ipndm" and kw["solver"].__name__ == "comfyui_ipndm" and kw["align_cache"]
+    assert set(kw["check_solvers"]) == {"ComfyUI euler", "ComfyUI dpmpp_2m", "ComfyUI uni_pc", "FewStep dpmpp_2m"}
+    _, meta = load_checked(ays_dir / "ipndm.safetensors", "AYS schedule")
+    assert meta["aligned_sampler"] == "comfyui:ipndm" and meta["align_to"] == "KSampler: ipndm"
+    assert meta["start"] == res.init and meta["kept"] == res.kept
+    summary, report = out["ui"]["text"][0], out["result"][1]
+    assert f"start {res.init}" in summary and "ComfyUI's ipndm" in summary
+    assert "fixed starts, held-out error" in report and "final guard" in report
+
+
+def test_old_align_values_keep_meaning_fewsteps_solver_and_the_default_is_comfyuis_dpmpp_2m(comfy, ays_dir,
+                                                                                            monkeypatch):
+    import inspect
+    import comfy.samplers as cs
+    from fewstep.core.io import load_checked
+    from fewstep.nodes.ays_optimize import ALIGN_CHOICES, ALIGN_NONE, FewStepAYSOptimize, align_choices
+    seen = _spy_optimize(monkeypatch)
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    _optimize(comfy, model, pos, neg, latent, name="old", align_to="dpmpp_2m", samples=32, iterations=1)
+    kw, _ = seen[-1]
+    assert kw["align"] == "dpmpp_2m" and kw["solver"] is None      # FewStep's DPM-Solver++(2M), as before
+    _, meta = load_checked(ays_dir / "old.safetensors", "AYS schedule")
+    assert meta["aligned_sampler"] == "fewstep:dpmpp_2m"
+    _optimize(comfy, model, pos, neg, latent, name="paper", align_to=ALIGN_NONE)
+    _, meta = load_checked(ays_dir / "paper.safetensors", "AYS schedule")
+    assert meta["aligned_sampler"] == "" and meta["align_to"] == ALIGN_NONE
+    # the old values first and in their old order, ComfyUI's samplers appended
+    choices = align_choices()
+    assert tuple(choices[:len(ALIGN_CHOICES)]) == ALIGN_CHOICES
+    assert choices[len(ALIGN_CHOICES):] == ["KSampler: " + n for n in cs.SAMPLER_NAMES]
+    assert any(c == "KSampler: fewstep_dpmpp_2m" for c in choices)        # FewStep's KSampler entries too
+    spec = FewStepAYSOptimize.INPUT_TYPES()["optional"]["align_to"]
+    assert spec[0] == choices and spec[1]["default"] == "KSampler: dpmpp_2m"
+    assert inspect.signature(FewStepAYSOptimize.optimize).parameters["align_to"].default == "KSampler: dpmpp_2m"
     with pytest.raises(ValueError, match=r"align_to must be one of \['dpmpp_2m'"):
         _optimize(comfy, model, pos, neg, latent, align_to="heun")
-    with pytest.raises(ValueError, match=r"samples is 31, but align_to dpmpp_2m needs at least 32"):
-        _optimize(comfy, model, pos, neg, latent, align_to="dpmpp_2m", samples=31)
-    # a call without align_to (an API workflow saved before it existed) gets the default, dpmpp_2m
-    import inspect
-    from fewstep.nodes.ays_optimize import FewStepAYSOptimize
-    assert inspect.signature(FewStepAYSOptimize.optimize).parameters["align_to"].default == "dpmpp_2m"
+    with pytest.raises(ValueError, match=r"samples is 31, but align_to KSampler: euler needs at least 32"):
+        _optimize(comfy, model, pos, neg, latent, align_to="KSampler: euler", samples=31)
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "uni_pc"])
+def test_prefix_cache_is_exact_for_comfyuis_samplers(comfy, name):
+    """ays_align.CACHE_SAFE: replaying the first i model outputs gives exactly the errors of sampling anew."""
+    import comfy.sample as csample
+    import comfy.samplers as cs
+    from fewstep.nodes import ays_align
+    from fewstep.schedules import ays_optimize as core
+    assert name in ays_align.CACHE_SAFE
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    got = {}
+
+    def run(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra = dict(extra_args or {}, denoise_mask=None)
+        ms = core.ModelSigmas.from_model_sampling(model.get_model_object("model_sampling"))
+
+        def D(xb, sig, **kw):
+            return model_k(xb, sig.to(xb.device, xb.dtype), **(kw or extra))
+        x_T, x_ref = core.teacher_samples(D, ms, 4, (4, 8, 8), seed=1, teacher_steps=30)
+        solve = ays_align.comfy_solver(name, model_k, extra)
+        cached = core.TeacherError(D, (x_T, x_ref), "eps", solve, None, None, lambda k: None, cache=True)
+        plain = core.TeacherError(D, (x_T, x_ref), "eps", solve, None, None, lambda k: None)
+        base = core.level_of(core.fixed_schedule("karras", 8, ms), ms)
+        cached.adopt(cached.trial(base, 0)[1])
+        for i in (5, 2):
+            trial = list(base)
+            trial[i] = (base[i] * base[i + 1]) ** 0.5
+            got[i] = (cached.trial(trial, i)[0], plain(trial))
+        return x
+    start = torch.tensor([14.6146, 0.0])
+    with torch.inference_mode():
+        csample.sample_custom(model, torch.zeros(1, 4, 8, 8), 3.0, cs.KSAMPLER(run), start, pos, neg,
+                              torch.zeros(1, 4, 8, 8), disable_pbar=True, seed=0)
+    for i, (c, p) in got.items():
+        assert torch.equal(c, p), i
+
+
+def test_saved_schedule_warns_once_when_sampled_with_another_sampler(comfy, ays_dir, monkeypatch, caplog):
+    """Point 3: FewStepAYSScheduler with a connected SAMPLER, and KSampler's fewstep_ays_optimized entry, warn
+    once (log and node) when the saved schedule was aligned to another sampler; not with the right one."""
+    import logging
+    import shutil
+    import comfy.samplers as cs
+    from fewstep.nodes import ays_align
+    shown = []
+    monkeypatch.setattr(ays_align, "show_on_node", lambda text: shown.append(text))
+    monkeypatch.setattr(ays_align, "_warned", set())
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    _optimize(comfy, model, pos, neg, latent, name="for euler", align_to="KSampler: euler", samples=32, iterations=1)
+    node = comfy.NODES["FewStepAYSScheduler"]()
+    shown.clear()
+    caplog.set_level(logging.WARNING, logger="FewStep")
+
+    def warnings():
+        return [r.getMessage() for r in caplog.records if "was aligned to" in r.getMessage()]
+    node.get_sigmas("SD1", 10, 1.0, model=model, saved_schedule="for euler.safetensors",
+                    sampler=cs.sampler_object("euler"))
+    assert warnings() == [] and shown and "aligned to ComfyUI's euler" in shown[-1]   # the right one: info only
+    for _ in range(2):
+        node.get_sigmas("SD1", 10, 1.0, model=model, saved_schedule="for euler.safetensors",
+                        sampler=cs.sampler_object("dpmpp_2m"))
+    assert len(warnings()) == 1                                                      # once
+    w = warnings()[0]
+    assert "aligned to ComfyUI's euler" in w and "samples it with ComfyUI's dpmpp_2m" in w
+    assert any(t == w for t in shown)                                                 # on the node too
+    fs = comfy.NODES["FewStepDPMSolverPP"]().get_sampler("2m", 1.0, 1.0, "brownian", True)[0]
+    node.get_sigmas("SD1", 10, 1.0, model=model, saved_schedule="for euler.safetensors", sampler=fs)
+    assert len(warnings()) == 2 and "FewStep's dpmpp_2m" in warnings()[-1]
+    # KSampler's entry for the optimizer's default file name
+    shutil.copy(ays_dir / "for euler.safetensors", ays_dir / "ays_optimized.safetensors")
+    ks = cs.KSampler(model, steps=10, device="cpu", sampler="uni_pc", scheduler="fewstep_ays_optimized", denoise=1.0)
+    assert len(ks.sigmas) == 11 and float(ks.sigmas[-1]) == 0
+    assert len(warnings()) == 3 and "KSampler samples it with ComfyUI's uni_pc" in warnings()[-1]
+    cs.KSampler(model, steps=10, device="cpu", sampler="euler", scheduler="fewstep_ays_optimized", denoise=1.0)
+    assert len(warnings()) == 3
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_comfy_like_schedules_equal_comfyuis_own(comfy, family):
+    import comfy.samplers as cs
+    from fewstep.core.model_sigmas import ModelSigmas
+    from fewstep.schedules.comfy_like import COMFY_SCHEDULES, comfy_schedule
+    model, *_ = _analytic(comfy, family)
+    msc = model.get_model_object("model_sampling")
+    ms = ModelSigmas.from_model_sampling(msc)
+    for steps in (2, 3, 5, 10, 17, 40):
+        for name in COMFY_SCHEDULES:
+            want = cs.calculate_sigmas(msc, name, steps).double()
+            got = comfy_schedule(name, steps, ms)
+            assert got.shape == want.shape, (name, steps)
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-6), (name, steps)   # ComfyUI: float32

@@ -8,8 +8,9 @@ import torch
 
 pytestmark = pytest.mark.host
 
+#: the fit's mechanics, as path_planning chooses (the held-out selection has its own tests below)
 TEACH = dict(cfg=3.0, teacher="dpmpp_2m", teacher_steps=40, teacher_schedule="karras", steps=5, samples=2,
-             seed=100, path_planning=True)
+             seed=100, path_planning=True, select_on_heldout=False)
 
 
 
@@ -207,3 +208,40 @@ def test_other_teachers(comfy, olss_dir, teacher):
     assert float(prof.step_error.max()) < 1e-2
     assert teacher in comfy.NODES["FewStepOLSSTrain"].INPUT_TYPES()["required"]["teacher"][0]
     assert "dpmpp_sde_2m" not in comfy.NODES["FewStepOLSSTrain"].INPUT_TYPES()["required"]["teacher"][0]
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 23: held-out runs decide between OLSS, OLSS-P and the teacher's own solver
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_held_out_selection_keeps_the_best_candidate_and_says_which(comfy, olss_dir, family, monkeypatch):
+    import re
+    from fewstep.samplers import olss
+    model, pos, neg, latent = _analytic(comfy, family)
+    prof, report = _train(comfy, model, pos, neg, latent, "picked", select_on_heldout=True, heldout_runs=2)
+    method = prof.extra["method"]
+    assert method in olss.METHODS and "held-out selection" in report and "kept " in report
+    # the reported errors: the kept candidate is the lowest of all, fixed solver + schedules included
+    errs = dict(re.findall(r"(olss_p|olss|solver:[^,;]+?) ([0-9.e+-]+)(?=[,;])", prof.extra["selection"]))
+    assert any(k.startswith("solver:") for k in errs) and {"olss", "olss_p"} <= set(errs)
+    kept = prof.extra["selection"].split("; kept ")[1].split(" (")[0]
+    assert float(errs[kept]) == min(float(v) for v in errs.values())
+    assert (method == "solver") == kept.startswith("solver:")
+    back = olss.OLSSProfile.load(olss_dir / "picked.safetensors")
+    assert back.extra["method"] == method and back.extra["selection"] == prof.extra["selection"]
+    # plant: a selection that always loses must not be kept -- make every OLSS fit useless, a fixed solver wins
+    real = olss.fit_profile
+
+    def useless(*a, **kw):
+        p = real(*a, **kw)
+        return olss.replace(p, we=p.we * 0.0)
+    monkeypatch.setattr(olss, "fit_profile", useless)
+    monkeypatch.setattr(olss, "fit_profile_from", lambda p, planning, ridge=None: olss.replace(p, we=p.we * 0.0,
+                                                                                              path_planning=planning))
+    bad, _ = _train(comfy, model, pos, neg, latent, "lost", select_on_heldout=True, heldout_runs=2)
+    assert bad.extra["method"] == "solver" and bad.extra["solver"].startswith("dpmpp_2m + ")
+    # the profile then IS the teacher's solver on that schedule: it samples like it through SamplerCustom
+    sampler, sigmas = comfy.NODES["FewStepOLSSSampler"]().build("(use the linked profile)", 1.0, profile=bad)
+    fs = comfy.NODES["FewStepDPMSolverPP"]().get_sampler("2m", 1.0, 1.0, "brownian", True)[0]
+    a = _sampler_custom(comfy, model, pos, neg, latent, sampler, sigmas, 9)
+    b = _sampler_custom(comfy, model, pos, neg, latent, fs, sigmas, 9)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)

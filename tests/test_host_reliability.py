@@ -151,13 +151,14 @@ def test_bad_saved_ays_files(comfy, routes, ays_dir, meta, sigmas, reason):
 
 
 def test_saved_ays_against_the_connected_model(comfy, routes, ays_dir):
-    """An eps schedule spanning [0.002, 80] refuses SD1.5's range [0.0292, 14.6] and a flow model; it
-    is used on a model whose range holds it."""
+    """An eps schedule sampling [0.1, 80] (its table ends at 0.002) refuses SD1.5's range [0.0292, 14.6]
+    and a flow model; it is used on a model whose range holds it. The range checked is the sampled sigmas'
+    (issue 23: a table may end below the model's sigma_min when its last sampled sigma is sigma_min)."""
     name = _save_ays(ays_dir, "wide.safetensors", sigmas=(80.0, 10.0, 1.0, 0.1, 0.0), sigma_min=0.002)
     sched = comfy.NODES["FewStepAYSScheduler"]()
     eps, *_ = _analytic(comfy, "eps")
     flow, *_ = _analytic(comfy, "flow")
-    with pytest.raises(ValueError, match=r"wide.safetensors spans sigmas \[0.002, 80\], outside this model's range"):
+    with pytest.raises(ValueError, match=r"wide.safetensors spans sigmas \[0.1, 80\], outside this model's range"):
         sched.get_sigmas("SD1", 8, 1.0, model=eps, saved_schedule=name)
     with pytest.raises(ValueError, match="made for a eps model, but this model is flow"):
         sched.get_sigmas("SD1", 8, 1.0, model=flow, saved_schedule=name)

@@ -291,3 +291,73 @@ def test_student_steps_validation():
         olss.check_student_steps(20, 10)
     with pytest.raises(ValueError, match="whole number"):
         olss.check_student_steps(4.5, 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 23: the teacher's own solver on a fixed schedule as a profile (what the held-out selection compares)
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("name", ["dpmpp_2m", "euler", "deis_3", "dpmpp_3m"])
+def test_linear_solver_coefficients_reproduce_the_solver(family, name):
+    """The probe's coefficients, replayed by sample_olss on a real model, give the solver's own result."""
+    from fewstep.samplers.registry import SOLVERS
+    am = AnalyticModel(family)
+    model = am.denoiser(3.0)
+    sig = get_schedule("karras", 7, am.model_sigmas)
+    wx, we = olss.linear_solver_coefficients(SOLVERS[name], sig, family)
+    assert bool((torch.triu(we, diagonal=1) == 0).all())
+    x = am.noise((3, 4, 6, 6), seed=1) * am.sigma_max
+    want = SOLVERS[name](model, x.clone(), sig, family=family)
+    outs, cur = [], x
+    for j in range(7):
+        outs.append(model(cur, sig[j] * torch.ones(3)))
+        cur = wx[j] * x + sum(we[j, m] * outs[m] for m in range(j + 1))
+    assert float((cur - want).norm() / want.norm()) < 1e-6
+
+
+def test_two_call_solvers_are_not_read_as_profiles():
+    from fewstep.samplers.registry import SOLVERS
+    sig = get_schedule("karras", 5, AnalyticModel("eps").model_sigmas)
+    assert olss.linear_solver_coefficients(SOLVERS["edm_heun"], sig, "eps") is None
+    assert olss.linear_solver_coefficients(SOLVERS["dpmpp_2s"], sig, "eps") is None
+
+
+def test_solver_profile_samples_as_the_solver_on_the_snapped_schedule(tmp_path):
+    from fewstep.samplers.registry import SOLVERS
+    am, model, prof = _trained("eps", 3.0, 5, True)
+    path = olss.snap_path(get_schedule("logsnr_uniform", 5, am.model_sigmas), prof.teacher_sigmas)
+    assert path is not None and path[0] == 0 and path == sorted(set(path))
+    sp = olss.solver_profile(prof, SOLVERS["dpmpp_2m"], path, "dpmpp_2m + logsnr_uniform")
+    assert sp.extra["method"] == "solver" and not sp.path_planning
+    assert torch.equal(sp.sigmas[:-1], prof.teacher_sigmas[torch.tensor(path)])
+    x, _ = _eval("eps", 3.0)
+    got = olss.sample_olss(model, x.clone(), sp.sigmas, profile=sp)
+    want = SOLVERS["dpmpp_2m"](model, x.clone(), sp.sigmas, family="eps")
+    assert float((got - want).norm() / want.norm()) < 1e-6
+    # its step errors come from the same QR factor as OLSS's: the least-squares fit on the same path is no
+    # worse per step, and not much better (the solver is a good linear step)
+    fitter = olss.SubspaceFitter(prof.r_factor, prof.teacher_steps, prof.rows)
+    _, _, ls_err = olss.fit_path(fitter, prof.teacher_steps, path)
+    assert bool((ls_err <= sp.step_error * (1 + 1e-9)).all()) and bool((sp.step_error > 0).all())
+    # the method and the selection survive the file; a bad method is refused naming the field
+    sp = olss.replace(sp, extra={**sp.extra, "selection": "held-out: solver won"})
+    back = olss.OLSSProfile.load(sp.save(tmp_path / "s.safetensors"))
+    assert back.extra["method"] == "solver" and back.extra["selection"] == "held-out: solver won"
+    assert back.extra["solver"] == "dpmpp_2m + logsnr_uniform"
+    bad = olss.replace(sp, extra={**sp.extra, "method": "magic"})
+    with pytest.raises(ProfileError, match="method must be one of"):
+        olss.OLSSProfile.load(bad.save(tmp_path / "bad.safetensors"))
+
+
+def test_snap_path_refuses_collisions():
+    ts = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    assert olss.snap_path(torch.tensor([10.0, 2.1, 0.0]), ts) == [0, 2]
+    assert olss.snap_path(torch.tensor([10.0, 2.1, 1.9, 0.0]), ts) is None
+    assert olss.snap_path(torch.tensor([4.0, 2.0, 0.0]), ts) is None
+
+
+def test_fit_profile_from_gives_both_paths_from_the_stored_factor():
+    am, model, prof = _trained("flow", 3.0, 5, True)
+    p = olss.fit_profile_from(prof, False)
+    assert p.path.tolist() == olss.uniform_path(prof.teacher_steps, 5) and not p.path_planning
+    q = olss.fit_profile_from(p, True)
+    assert torch.equal(q.path, prof.path) and torch.allclose(q.wx, prof.wx) and torch.allclose(q.we, prof.we)
