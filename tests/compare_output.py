@@ -100,9 +100,11 @@ def ksampler_samplers():
 
 
 def ksampler_schedulers():
-    """nodes/schedulers.py KSAMPLER_SCHEDULERS: name -> (handler function name, its literal arguments)."""
+    """nodes/schedulers.py KSAMPLER_SCHEDULERS: name -> (handler function name, its literal arguments);
+    a handler given by name alone (no call) has no arguments."""
     d = _assigned(_tree("nodes/schedulers.py"), "KSAMPLER_SCHEDULERS")
-    return {ast.literal_eval(k): (v.func.id, tuple(ast.literal_eval(a) for a in v.args)) for k, v in zip(d.keys, d.values)}
+    return {ast.literal_eval(k): (v.id, ()) if isinstance(v, ast.Name)
+            else (v.func.id, tuple(ast.literal_eval(a) for a in v.args)) for k, v in zip(d.keys, d.values)}
 
 
 def node_ids(rel):
