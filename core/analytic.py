@@ -161,19 +161,7 @@ class AnalyticModel:
     def denoiser(self, cfg: float = 1.0, counter: list | None = None) -> Callable:
         """A k-diffusion style ``model(x, sigma, **extra_args)`` returning the CFG-combined x0.
         ``counter`` (a one-element list) counts model calls as ComfyUI does (one per call)."""
-        mix, fam = self.mixture, self.family
-        cond, uncond = mix.log_weights(True), mix.log_weights(False)
-
-        def model(x, sigma, **_):
-            if counter is not None:
-                counter[0] += 1
-            dc = mix.denoise(x, sigma, cond, fam)
-            if cfg == 1.0:
-                return dc
-            du = mix.denoise(x, sigma, uncond, fam)
-            return du + cfg * (dc - du)
-
-        return model
+        return cfg_denoiser(self.mixture, self.family, cfg, counter)
 
     def noise(self, shape, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed))
@@ -213,3 +201,20 @@ def reference_solve(model: Callable, x: torch.Tensor, sigma_start: float, sigma_
     if sigma_end == 0:
         x = model(x, target * s_in)
     return x
+
+
+def cfg_denoiser(mixture, family: str, cfg: float = 1.0, counter: list | None = None) -> Callable:
+    """The mixture's CFG-combined denoiser ``model(x, sigma, **extra_args)`` (as CFGGuider combines the
+    cond and uncond x0). ``counter`` (a one-element list) counts model calls, one per call."""
+    cond, uncond = mixture.log_weights(True), mixture.log_weights(False)
+
+    def model(x, sigma, **_):
+        if counter is not None:
+            counter[0] += 1
+        dc = mixture.denoise(x, sigma, cond, family)
+        if cfg == 1.0:
+            return dc
+        du = mixture.denoise(x, sigma, uncond, family)
+        return du + cfg * (dc - du)
+
+    return model

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .analytic import reference_solve
+from .analytic import cfg_denoiser, reference_solve  # noqa: F401  (cfg_denoiser: re-exported for the nodes)
 
 #: RGB rows of the channel map (3 x 4); channel 3 moves all three colours together
 CHANNEL_TO_RGB = ((1.0, 0.0, 0.0, 0.5),
@@ -52,18 +52,6 @@ def latent_to_image(samples: torch.Tensor, scale: int = 16, value_range: float =
     return rgb.permute(0, 2, 3, 1).contiguous()
 
 
-def cfg_denoiser(mixture, family: str, cfg: float):
-    """The analytic mixture's CFG-combined denoiser ``D(x, sigma)`` (as CFGGuider combines it)."""
-    cond, uncond = mixture.log_weights(True), mixture.log_weights(False)
-
-    def model(x, sigma, **_):
-        dc = mixture.denoise(x, sigma, cond, family)
-        if cfg == 1.0:
-            return dc
-        du = mixture.denoise(x, sigma, uncond, family)
-        return du + cfg * (dc - du)
-
-    return model
 
 
 def exact_error(sample: torch.Tensor, x_start: torch.Tensor, denoiser, sigma_start: float,

@@ -122,3 +122,23 @@ def comfy_server(tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def ays_dir(comfy, tmp_path, monkeypatch):
+    """The fewstep_ays models folder redirected to a temp dir (the real one is never written)."""
+    import folder_paths
+    d = tmp_path / "fewstep_ays"
+    d.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_ays", ([str(d)], {".safetensors"}))
+    return d
+
+
+@pytest.fixture
+def olss_dir(comfy, tmp_path, monkeypatch):
+    """The fewstep_olss models folder redirected to a temp dir (the real one is never written)."""
+    import folder_paths
+    d = tmp_path / "fewstep_olss"
+    d.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_olss", ([str(d)], {".safetensors"}))
+    return d

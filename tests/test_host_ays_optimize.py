@@ -8,16 +8,6 @@ pytestmark = pytest.mark.host
 LIGHT = dict(cfg=3.0, steps=10, iterations=2, samples=4, seed=3, align_to="none (the paper's bound only)")
 
 
-@pytest.fixture
-def ays_dir(comfy, tmp_path, monkeypatch):
-    """The fewstep_ays models folder redirected to a temp dir (the real one is never written)."""
-    import folder_paths
-    d = tmp_path / "fewstep_ays"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_ays", ([str(d)], {".safetensors"}))
-    return d
-
-
 def _analytic(comfy, family="eps", size=8):
     return comfy.NODES["FewStepAnalyticModel"]().build(family, 3.0, 8, 0, size)
 

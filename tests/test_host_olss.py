@@ -15,16 +15,6 @@ TEACH = dict(cfg=3.0, teacher="dpmpp_2m", teacher_steps=40, teacher_schedule="ka
 
 
 
-@pytest.fixture
-def olss_dir(comfy, tmp_path, monkeypatch):
-    """The fewstep_olss models folder redirected to a temp dir (the real one is never written)."""
-    import folder_paths
-    d = tmp_path / "fewstep_olss"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_olss", ([str(d)], {".safetensors"}))
-    return d
-
-
 def _analytic(comfy, family="eps", size=8):
     return comfy.NODES["FewStepAnalyticModel"]().build(family, 3.0, 8, 0, size)
 

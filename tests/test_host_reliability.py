@@ -28,24 +28,6 @@ def routes(comfy):
     return routes
 
 
-@pytest.fixture
-def ays_dir(comfy, tmp_path, monkeypatch):
-    import folder_paths
-    d = tmp_path / "fewstep_ays"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_ays", ([str(d)], {".safetensors"}))
-    return d
-
-
-@pytest.fixture
-def olss_dir(comfy, tmp_path, monkeypatch):
-    import folder_paths
-    d = tmp_path / "fewstep_olss"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_olss", ([str(d)], {".safetensors"}))
-    return d
-
-
 def _q(**kw):
     return {k: str(v) for k, v in kw.items()}
 
