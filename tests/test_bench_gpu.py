@@ -131,7 +131,9 @@ def test_sync_counter_sees_a_value_read_inside_the_loop():
                                       dict(samples=32, iterations=1, steps=10, align="dpmpp_2m")])
 def test_ays_call_counts_bracket_a_real_run(comfy, settings):
     """The call count the AYS row extrapolates from: a real FewStepAYSOptimize run (the analytic model)
-    makes at least the one-sweep count and at most the every-sweep count."""
+    makes at least the one-sweep count, the lower bound the AYS row reports. (It also makes more than
+    the every-sweep count of the stages the formula models: the held-out starts, the safety check and
+    the guard add calls, which is why the row gives a lower bound only.)"""
     from fewstep.nodes import ays_optimize as ays_node
     from fewstep.nodes.analytic import make_analytic_patcher
 
@@ -143,4 +145,4 @@ def test_ays_call_counts_bracket_a_real_run(comfy, settings):
     counter = bench.CallCounter(torch.device("cpu"))
     node().optimize(counter.attach(model), pos, neg, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, **kw)
     n = bench.ays_call_counts(kw, ays_node.BATCH)
-    assert n["teacher"] < n["one_sweep"] <= counter.calls <= n["max"], (counter.calls, n)
+    assert n["teacher"] < n["one_sweep"] <= n["max"] < counter.calls, (counter.calls, n)
