@@ -124,21 +124,20 @@ def comfy_server(tmp_path_factory):
     srv.stop()
 
 
+def _temp_models_folder(kind, tmp_path, monkeypatch):
+    """The models folder ``kind`` redirected to a temp dir (the real one is never written)."""
+    import folder_paths
+    d = tmp_path / kind
+    d.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(d)], {".safetensors"}))
+    return d
+
+
 @pytest.fixture
 def ays_dir(comfy, tmp_path, monkeypatch):
-    """The fewstep_ays models folder redirected to a temp dir (the real one is never written)."""
-    import folder_paths
-    d = tmp_path / "fewstep_ays"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_ays", ([str(d)], {".safetensors"}))
-    return d
+    return _temp_models_folder("fewstep_ays", tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def olss_dir(comfy, tmp_path, monkeypatch):
-    """The fewstep_olss models folder redirected to a temp dir (the real one is never written)."""
-    import folder_paths
-    d = tmp_path / "fewstep_olss"
-    d.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "fewstep_olss", ([str(d)], {".safetensors"}))
-    return d
+    return _temp_models_folder("fewstep_olss", tmp_path, monkeypatch)
