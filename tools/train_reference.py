@@ -4,7 +4,11 @@ layout, in ComfyUI's own classes), and write its three weight files.
 
     python tools/train_reference.py                 # the full budget: reference/weights/*.safetensors
     python tools/train_reference.py --quick --out /tmp/ref   # a smoke run (~ a few hundred steps)
-    options: --seed 0  --threads 2  --out DIR  --quick | --smoke-test
+    options: --seed 0  --threads 2  --out DIR  --quick | --smoke-test  --stages DIR
+
+``--stages DIR`` keeps each stage's result (autoencoder, classifier + statistics, UNet) in DIR as
+it finishes and, on a rerun with the same seed, budget and threads, reuses what is there instead of
+training it again (every stage is seeded on its own, so the files are the same either way).
 
 ComfyUI is found as the host tests find it ($COMFYUI_PATH, an enclosing ComfyUI, ~/comfy/ComfyUI;
 see tests/comfy_host.py), else the source snapshot ``shared/comfyui`` next to the repository is
@@ -139,6 +143,39 @@ def _fp16(sd: dict) -> dict:
 def _fp32(sd: dict) -> dict:
     import torch
     return {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+class Stages:
+    """Each stage's output kept in a folder (``--stages``), reused by a rerun of the same settings."""
+
+    def __init__(self, folder, key: dict):
+        self.folder = Path(folder) if folder else None
+        self.key = json.dumps(key, sort_keys=True)
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self, name):
+        if not self.folder:
+            return None
+        f, j = self.folder / f"{name}.safetensors", self.folder / f"{name}.json"
+        if not (f.is_file() and j.is_file()):
+            return None
+        info = json.loads(j.read_text())
+        if info.get("key") != self.key:
+            print(f"train_reference: stage {name} in {self.folder} has other settings; training it again", flush=True)
+            return None
+        from safetensors.torch import load_file
+        print(f"train_reference: stage {name} reused from {f}", flush=True)
+        return load_file(str(f)), info["extra"]
+
+    def save(self, name, sd, extra):
+        if not self.folder:
+            return
+        from safetensors.torch import save_file
+        tmp = self.folder / f".{name}.tmp"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        os.replace(tmp, self.folder / f"{name}.safetensors")
+        (self.folder / f"{name}.json").write_text(json.dumps({"key": self.key, "extra": extra}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,6 +374,8 @@ def main(argv=None) -> int:
     g.add_argument("--smoke-test", action="store_true", help="the tests' run: a handful of iterations per stage")
     ap.add_argument("--seed", type=int, default=0, help="the one seed of the run (default 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--stages", type=Path, default=None,
+                    help="keep each stage's result here and reuse it on a rerun with the same settings")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default reference/weights for the full run; required for --quick/--smoke-test)")
     args = ap.parse_args(argv)
@@ -368,8 +407,22 @@ def main(argv=None) -> int:
           f"{planned / 60:.1f} min on 2 uncontended cores ({', '.join(f'{s} {plan[s]}' for s in plan)})", flush=True)
     prog = training.Progress(plan, NOMINAL)
 
-    vae_sd, t_ae, ae_info = train_autoencoder(rm, data, training, b, args.seed, prog)
-    clf, t_clf = train_classifier(data, clf_mod, training, b, args.seed, prog)
+    stages = Stages(args.stages, {"seed": args.seed, "budget": b, "threads": args.threads,
+                                  "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT})
+    got = stages.load("ae")
+    if got:
+        vae_sd, (t_ae, ae_info) = got[0], got[1]
+    else:
+        vae_sd, t_ae, ae_info = train_autoencoder(rm, data, training, b, args.seed, prog)
+        stages.save("ae", vae_sd, [t_ae, ae_info])
+    got = stages.load("clf")
+    if got:
+        clf, t_clf = clf_mod.Classifier(), got[1]
+        clf.load_state_dict(got[0])
+        clf.eval()
+    else:
+        clf, t_clf = train_classifier(data, clf_mod, training, b, args.seed, prog)
+        stages.save("clf", clf.state_dict(), t_clf)
     # held-out accuracy on data and on autoencoder reconstructions
     xh, yh = data.make_dataset(b["heldout"], data._mix(args.seed, 203))
     ae = rm.build_autoencoder(seed=0)
@@ -390,7 +443,12 @@ def main(argv=None) -> int:
 
     bank, labels, t_bank = encode_bank(vae_sd, rm, data, b, args.seed, prog)
     print(f"latent bank: {tuple(bank.shape)}, mean {bank.mean():.3f}, std {bank.std():.3f}", flush=True)
-    unet_sd, t_unet = train_unet(rm, spec, data, training, bank, labels, b, args.seed, prog)
+    got = stages.load("unet")
+    if got:
+        unet_sd, t_unet = got
+    else:
+        unet_sd, t_unet = train_unet(rm, spec, data, training, bank, labels, b, args.seed, prog)
+        stages.save("unet", unet_sd, t_unet)
     results, t_eval = evaluate(host, rm, spec, data, clf_mod, clf, stats, unet_sd, vae_sd, b, args.seed, prog)
 
     meta = {
