@@ -5,7 +5,7 @@
 import { app } from "../../scripts/app.js";
 
 const TEXT_H = 54; // tools/make_workflows.py reserves this (RESULT_HEIGHT) under FewStepExactError
-const TEXT_NODES = new Set(["FewStepExactError"]);
+const TEXT_NODES = new Set(["FewStepExactError", "FewStepReferenceModel", "FewStepQuality"]);
 
 // widget -> predicate(node) telling whether it currently does something
 const ACTIVE_WHEN = {

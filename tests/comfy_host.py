@@ -46,6 +46,23 @@ def find_comfyui() -> Path | None:
 _HOST = None
 
 
+def _ensure_fewstep_importable():
+    """``import fewstep`` as this checkout: where it is not importable (a script run without the
+    test runner's or ./run's path set-up), a temporary folder holding one link fewstep -> the repo
+    goes on sys.path, as tests/conftest.py does."""
+    try:
+        import fewstep  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import atexit
+    import shutil
+    holder = tempfile.mkdtemp(prefix="fewstep-path-")
+    atexit.register(shutil.rmtree, holder, True)
+    os.symlink(REPO, os.path.join(holder, "fewstep"), target_is_directory=True)
+    sys.path.insert(0, holder)
+
+
 def import_comfyui(path: Path):
     """Import ComfyUI's modules in CPU mode (once per process) and FewStep's nodes with them.
     Returns a namespace with the modules tests need."""
@@ -70,6 +87,7 @@ def import_comfyui(path: Path):
     import comfy.utils
     import folder_paths
     import nodes as comfy_nodes
+    _ensure_fewstep_importable()
     import fewstep
     import fewstep.nodes as fs_nodes
     fewstep.NODE_CLASS_MAPPINGS.update(fs_nodes.NODE_CLASS_MAPPINGS)

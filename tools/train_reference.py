@@ -43,10 +43,12 @@ tools' own code paths), i.e. what one uncontended core does:
     clf   batch 64   0.15..0.17 s/it  x 2000          =  ~320 s
     stats, held-out checks (12k images rendered + classified)  ~40 s
     bank  40960 images rendered + encoded, ~2.3 s per 1024   =  ~95 s
-    unet  batch 64   0.52..0.62 s/it  x 6000          = ~3400 s
+    unet  batch 64   0.52..0.62 s/it  x 3500          = ~2000 s
     eval  3 cfgs x 100 samples x 20 steps dpmpp_2m          =  ~30 s
-    total ~4700 s = 79 min on ONE uncontended core; two threads on two free cores (speed-up
-    1.3-1.7x on these small tensors) -> ~46-60 min, inside the 90-minute budget with margin.
+    total ~3300 s = 55 min on ONE uncontended core (measured 2026-12-02 on the shared machine, other
+    jobs on the second core: ae 0.29-0.37, clf 0.25, unet ~0.84 s/it wall, ~78 min in all); two
+    threads on two free cores (speed-up 1.3-1.7x on these small tensors) -> ~35-45 min. The UNet
+    budget was 6000 steps until 2026-12-02; 3500 keeps a contended run inside the 90-minute budget.
 Run it alone on the machine: with other jobs on the cores, use ``--threads 1`` (two threads then
 lose more to waiting than they gain). NOMINAL holds the per-iteration figures the ETA starts from
 (2 free cores); every progress line replaces them with measured rates.
@@ -69,7 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 BUDGETS = {
     "full": dict(ae_steps=2500, ae_batch=32, ae_lr=1e-3, clf_steps=2000, clf_batch=64, clf_lr=2e-3,
-                 stats_n=10000, bank=40960, unet_steps=6000, unet_batch=64, unet_lr=8e-4, ema=0.999,
+                 stats_n=10000, bank=40960, unet_steps=3500, unet_batch=64, unet_lr=8e-4, ema=0.999,
                  eval_per_class=10, eval_steps=20, eval_cfgs=(1.0, 3.0, 5.0), heldout=2000),
     "quick": dict(ae_steps=60, ae_batch=32, ae_lr=1e-3, clf_steps=60, clf_batch=64, clf_lr=2e-3,
                   stats_n=1000, bank=2048, unet_steps=60, unet_batch=64, unet_lr=8e-4, ema=0.99,
@@ -148,11 +150,21 @@ def _fp32(sd: dict) -> dict:
 class Stages:
     """Each stage's output kept in a folder (``--stages``), reused by a rerun of the same settings."""
 
-    def __init__(self, folder, key: dict):
+    #: the budget settings each stage's result depends on (with the seed and the thread count); the
+    #: UNet depends on everything before it as well
+    DEPENDS = {"ae": ("ae_steps", "ae_batch", "ae_lr", "stats_n"), "clf": ("clf_steps", "clf_batch", "clf_lr")}
+
+    def __init__(self, folder, seed: int, threads: int, budget: dict):
         self.folder = Path(folder) if folder else None
-        self.key = json.dumps(key, sort_keys=True)
+        self.seed, self.threads, self.budget = seed, threads, budget
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
+
+    def key(self, name) -> str:
+        keys = self.DEPENDS.get(name)
+        b = self.budget if keys is None else {k: self.budget[k] for k in keys}
+        return json.dumps({"stage": name, "seed": self.seed, "threads": self.threads, "budget": b,
+                           "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT}, sort_keys=True)
 
     def load(self, name):
         if not self.folder:
@@ -161,7 +173,7 @@ class Stages:
         if not (f.is_file() and j.is_file()):
             return None
         info = json.loads(j.read_text())
-        if info.get("key") != self.key:
+        if info.get("key") != self.key(name):
             print(f"train_reference: stage {name} in {self.folder} has other settings; training it again", flush=True)
             return None
         from safetensors.torch import load_file
@@ -175,7 +187,7 @@ class Stages:
         tmp = self.folder / f".{name}.tmp"
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
         os.replace(tmp, self.folder / f"{name}.safetensors")
-        (self.folder / f"{name}.json").write_text(json.dumps({"key": self.key, "extra": extra}))
+        (self.folder / f"{name}.json").write_text(json.dumps({"key": self.key(name), "extra": extra}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,8 +419,7 @@ def main(argv=None) -> int:
           f"{planned / 60:.1f} min on 2 uncontended cores ({', '.join(f'{s} {plan[s]}' for s in plan)})", flush=True)
     prog = training.Progress(plan, NOMINAL)
 
-    stages = Stages(args.stages, {"seed": args.seed, "budget": b, "threads": args.threads,
-                                  "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT})
+    stages = Stages(args.stages, args.seed, args.threads, b)
     got = stages.load("ae")
     if got:
         vae_sd, (t_ae, ae_info) = got[0], got[1]
