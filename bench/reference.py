@@ -369,7 +369,7 @@ def cmd_fitted(ref, args, log=print):
         t = time.time()
         olss = host.NODES["FewStepOLSSTrain"]()
         res = olss.train(ref.patcher, pos, neg, latent, cfg, "deis_3", args.teacher_steps, "karras", nfe,
-                         len(fit_labels), FIT_SEED, True, f"bench_olss_{nfe}", 0.0, False, True, 4)
+                         args.olss_runs, FIT_SEED, True, f"bench_olss_{nfe}", 0.0, False, True, 2)
         res = res["result"] if isinstance(res, dict) else res
         profile = res[0]
         from fewstep.nodes.olss import LINKED
@@ -382,7 +382,7 @@ def cmd_fitted(ref, args, log=print):
         # AYS optimised schedule, aligned to dpmpp_2m; compared with dpmpp_2m's best fixed schedule
         t = time.time()
         ays = host.NODES["FewStepAYSOptimize"]()
-        out = ays.optimize(ref.patcher, pos, neg, cfg, nfe, args.ays_iterations, len(fit_labels), FIT_SEED,
+        out = ays.optimize(ref.patcher, pos, neg, cfg, nfe, args.ays_iterations, args.ays_samples, FIT_SEED,
                            f"bench_ays_{nfe}", latent, "KSampler: dpmpp_2m")
         sig = (out["result"] if isinstance(out, dict) else out)[0]
         err, calls = ev.run(cs.sampler_object("dpmpp_2m"), sig.cpu())
@@ -392,10 +392,16 @@ def cmd_fitted(ref, args, log=print):
             e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), cs.calculate_sigmas(ref.ms, sch, nfe).cpu())
             if e2 < best2[0]:
                 best2 = (e2, f"dpmpp_2m + {sch}")
+        sched_node = host.NODES["FewStepScheduler"]()
+        for sch, rho in FEWSTEP_SCHEDULES if not args.quick else FEWSTEP_SCHEDULES[:1]:
+            e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), sched_node.get_sigmas(ev.patcher, sch, nfe, 1.0, rho)[0])
+            if e2 < best2[0]:
+                best2 = (e2, f"dpmpp_2m + FewStep {sch}")
         lines.append(f"| AYS optimised schedule with dpmpp_2m ({args.ays_iterations} iterations) | {calls} | {err:.2e} | "
                      f"{_fmt_score(sc)} | {best2[1]} | {best2[0]:.2e} | {err / best2[0]:.2f} |")
         log(f"AYS NFE {nfe}: {err:.3e} (fit {time.time() - t:.0f} s) vs dpmpp_2m's best fixed {best2[0]:.3e}", flush=True)
-    return "\n".join(lines) + f"\n\ncfg {cfg:g}; {len(fit_labels)} fitting samples, {args.seeds} evaluation seeds."
+    return "\n".join(lines) + (f"\n\ncfg {cfg:g}; fitting batch {len(fit_labels)} (OLSS: {args.olss_runs} teacher runs over it; "
+                                f"AYS: {args.ays_samples} teacher samples), {args.seeds} evaluation seeds.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,6 +472,8 @@ def main(argv=None):
     ap.add_argument("--fit-samples", type=int, default=16, help="fitted: fitting samples (default 16)")
     ap.add_argument("--teacher-steps", type=int, default=60, help="fitted: OLSS teacher steps (default 60)")
     ap.add_argument("--ays-iterations", type=int, default=2, help="fitted: AYS optimiser iterations (default 2)")
+    ap.add_argument("--ays-samples", type=int, default=32, help="fitted: AYS teacher samples (default 32)")
+    ap.add_argument("--olss-runs", type=int, default=2, help="fitted: OLSS teacher runs over the fitting batch (default 2)")
     ap.add_argument("--weights", type=Path, default=None, help="folder of the weight files (default reference/weights)")
     ap.add_argument("--quick", action="store_true", help="a small grid (the script's smoke test)")
     ap.add_argument("--no-write", action="store_true", help=f"print only; do not update docs/{PAGE}")
@@ -478,7 +486,8 @@ def main(argv=None):
         global REF_STEPS
         REF_STEPS = 8
         args.steps, args.teacher_steps, args.nfe = min(args.steps, 4), min(args.teacher_steps, 16), [5]
-        args.fit_samples, args.ays_iterations = min(args.fit_samples, 4), 1
+        args.fit_samples, args.ays_iterations, args.olss_runs = min(args.fit_samples, 4), 1, 1
+        args.ays_samples = min(args.ays_samples, 4)
     torch.set_num_threads(int(os.environ.get("FEWSTEP_BENCH_THREADS", "1")))
     t0 = time.time()
     ref = Reference(args.weights)

@@ -79,7 +79,7 @@ def build_base_model(unet_state_dict: dict | None = None, seed: int = 0, dtype=t
     base = cfg.get_model({}, device=device)
     unet = base.diffusion_model
     if unet_state_dict is None:
-        init_weights_(unet, seed, zero=("out.",))
+        init_weights_(unet, seed, zero=("out.2.",))
     else:
         sd = {(k[len(spec.UNET_PREFIX):] if k.startswith(spec.UNET_PREFIX) else k): v
               for k, v in unet_state_dict.items() if not k.startswith("fewstep.")}

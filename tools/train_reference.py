@@ -4,7 +4,7 @@ layout, in ComfyUI's own classes), and write its three weight files.
 
     python tools/train_reference.py                 # the full budget: reference/weights/*.safetensors
     python tools/train_reference.py --quick --out /tmp/ref   # a smoke run (~ a few hundred steps)
-    options: --seed 0  --threads 2  --out DIR  --quick | --smoke-test  --stages DIR
+    options: --seed 0  --threads 2  --unet-threads N  --out DIR  --quick | --smoke-test  --stages DIR
 
 ``--stages DIR`` keeps each stage's result (autoencoder, classifier + statistics, UNet) in DIR as
 it finishes and, on a rerun with the same seed, budget and threads, reuses what is there instead of
@@ -43,12 +43,14 @@ tools' own code paths), i.e. what one uncontended core does:
     clf   batch 64   0.15..0.17 s/it  x 2000          =  ~320 s
     stats, held-out checks (12k images rendered + classified)  ~40 s
     bank  40960 images rendered + encoded, ~2.3 s per 1024   =  ~95 s
-    unet  batch 64   0.52..0.62 s/it  x 3500          = ~2000 s
+    unet  batch 64   0.52..0.62 s/it  x 2500          = ~1450 s
     eval  3 cfgs x 100 samples x 20 steps dpmpp_2m          =  ~30 s
-    total ~3300 s = 55 min on ONE uncontended core (measured 2026-12-02 on the shared machine, other
-    jobs on the second core: ae 0.29-0.37, clf 0.25, unet ~0.84 s/it wall, ~78 min in all); two
-    threads on two free cores (speed-up 1.3-1.7x on these small tensors) -> ~35-45 min. The UNet
-    budget was 6000 steps until 2026-12-02; 3500 keeps a contended run inside the 90-minute budget.
+    total ~2750 s = 46 min on ONE uncontended core. Measured 2026-12-02 on the shared 2-vCPU machine
+    with other jobs on the second vCPU: ae 0.29-0.37, clf 0.25, unet 0.84-1.1 s/it wall (the two
+    vCPUs share a core: a busy sibling slows a step ~1.7x), ~75 min in all. Two threads were far
+    slower there (2.4 s/it: they wait on each other when the sibling is busy); use --unet-threads 2
+    only on two free cores. The UNet budget was 6000 steps until 2026-12-02; 2500 keeps a
+    contended run inside the 90-minute budget.
 Run it alone on the machine: with other jobs on the cores, use ``--threads 1`` (two threads then
 lose more to waiting than they gain). NOMINAL holds the per-iteration figures the ETA starts from
 (2 free cores); every progress line replaces them with measured rates.
@@ -71,7 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 BUDGETS = {
     "full": dict(ae_steps=2500, ae_batch=32, ae_lr=1e-3, clf_steps=2000, clf_batch=64, clf_lr=2e-3,
-                 stats_n=10000, bank=40960, unet_steps=3500, unet_batch=64, unet_lr=8e-4, ema=0.999,
+                 stats_n=10000, bank=40960, unet_steps=2500, unet_batch=64, unet_lr=8e-4, ema=0.999,
                  eval_per_class=10, eval_steps=20, eval_cfgs=(1.0, 3.0, 5.0), heldout=2000),
     "quick": dict(ae_steps=60, ae_batch=32, ae_lr=1e-3, clf_steps=60, clf_batch=64, clf_lr=2e-3,
                   stats_n=1000, bank=2048, unet_steps=60, unet_batch=64, unet_lr=8e-4, ema=0.99,
@@ -154,16 +156,18 @@ class Stages:
     #: UNet depends on everything before it as well
     DEPENDS = {"ae": ("ae_steps", "ae_batch", "ae_lr", "stats_n"), "clf": ("clf_steps", "clf_batch", "clf_lr")}
 
-    def __init__(self, folder, seed: int, threads: int, budget: dict):
+    def __init__(self, folder, seed: int, threads: int, budget: dict, unet_threads: int | None = None):
         self.folder = Path(folder) if folder else None
         self.seed, self.threads, self.budget = seed, threads, budget
+        self.unet_threads = threads if unet_threads is None else unet_threads
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def key(self, name) -> str:
         keys = self.DEPENDS.get(name)
         b = self.budget if keys is None else {k: self.budget[k] for k in keys}
-        return json.dumps({"stage": name, "seed": self.seed, "threads": self.threads, "budget": b,
+        threads = self.threads if keys is not None else [self.threads, self.unet_threads]
+        return json.dumps({"stage": name, "seed": self.seed, "threads": threads, "budget": b,
                            "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT}, sort_keys=True)
 
     def load(self, name):
@@ -386,14 +390,18 @@ def main(argv=None) -> int:
     g.add_argument("--smoke-test", action="store_true", help="the tests' run: a handful of iterations per stage")
     ap.add_argument("--seed", type=int, default=0, help="the one seed of the run (default 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--unet-threads", type=int, default=None,
+                    help="threads of the UNet and evaluation stages (default: --threads); recorded in the files")
     ap.add_argument("--stages", type=Path, default=None,
                     help="keep each stage's result here and reuse it on a rerun with the same settings")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default reference/weights for the full run; required for --quick/--smoke-test)")
     args = ap.parse_args(argv)
     name = "quick" if args.quick else "smoke" if args.smoke_test else "full"
-    if args.threads < 1:
-        ap.error("--threads must be >= 1")
+    if args.threads < 1 or (args.unet_threads is not None and args.unet_threads < 1):
+        ap.error("--threads and --unet-threads must be >= 1")
+    if args.unet_threads is None:
+        args.unet_threads = args.threads
     if args.seed < 0:
         ap.error("--seed must be >= 0")
     if args.out is None:
@@ -415,11 +423,12 @@ def main(argv=None) -> int:
     plan = {"ae": b["ae_steps"], "clf": b["clf_steps"], "bank": max(1, math.ceil(b["bank"] / 1024)),
             "unet": b["unet_steps"], "eval": b["eval_per_class"] * data.NUM_CLASSES * len(b["eval_cfgs"])}
     planned = sum(NOMINAL[s] * plan[s] for s in plan)
-    print(f"train_reference: budget {name}, seed {args.seed}, {args.threads} threads -> {args.out}; planned "
+    print(f"train_reference: budget {name}, seed {args.seed}, {args.threads} threads ({args.unet_threads} from the "
+          f"latent bank on) -> {args.out}; planned "
           f"{planned / 60:.1f} min on 2 uncontended cores ({', '.join(f'{s} {plan[s]}' for s in plan)})", flush=True)
     prog = training.Progress(plan, NOMINAL)
 
-    stages = Stages(args.stages, args.seed, args.threads, b)
+    stages = Stages(args.stages, args.seed, args.threads, b, unet_threads=args.unet_threads)
     got = stages.load("ae")
     if got:
         vae_sd, (t_ae, ae_info) = got[0], got[1]
@@ -452,6 +461,7 @@ def main(argv=None) -> int:
     clf_sd[spec.STATS_MU_KEY], clf_sd[spec.STATS_COV_KEY] = stats
     clf.load_state_dict(_fp32({k: v for k, v in clf_sd.items() if not k.startswith("fewstep.")}))
 
+    torch.set_num_threads(args.unet_threads)
     bank, labels, t_bank = encode_bank(vae_sd, rm, data, b, args.seed, prog)
     print(f"latent bank: {tuple(bank.shape)}, mean {bank.mean():.3f}, std {bank.std():.3f}", flush=True)
     got = stages.load("unet")
@@ -463,7 +473,8 @@ def main(argv=None) -> int:
     results, t_eval = evaluate(host, rm, spec, data, clf_mod, clf, stats, unet_sd, vae_sd, b, args.seed, prog)
 
     meta = {
-        "seed": args.seed, "budget": name, "threads": args.threads, "budget_settings": b,
+        "seed": args.seed, "budget": name, "threads": args.threads, "unet_threads": args.unet_threads,
+        "budget_settings": b,
         "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT, "versions": _versions(host),
         "data_spec": data.DEFAULT_SPEC.as_dict(), "class_names": list(data.CLASS_NAMES),
         "unet_config": spec.unet_config(), "tokens": spec.TOKENS, "context_dim": spec.CONTEXT_DIM,
