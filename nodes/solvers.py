@@ -13,13 +13,14 @@ The same seed therefore gives the same noise as ComfyUI's built-in samplers:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
+from .. import samplers as S
 from ..samplers._common import check_sigmas
+from ..samplers.registry import KSAMPLER_ENTRIES
 from .common import family_of_k_model
 from .registry import register_sampler
 
@@ -27,25 +28,6 @@ log = logging.getLogger("FewStep")
 
 CATEGORY = "sampling/fewstep/samplers"
 NOISE_TYPES = ("brownian", "gaussian")
-
-
-# ------------------------------------------------------------------------------------------------
-# resolving the pure solver functions (samplers/ is torch-only; looked up lazily by name)
-def solver_fn(module: str, name: str):
-    """``fewstep.samplers.<module>.<name>``, or None when that solver is not available."""
-    try:
-        mod = importlib.import_module(f"..samplers.{module}", __package__)
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
-
-
-def _require(module: str, name: str, node: str):
-    fn = solver_fn(module, name)
-    if fn is None:
-        raise RuntimeError(f"{node}: the solver samplers/{module}.py:{name} is not available in this "
-                           "FewStep install")
-    return fn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,9 +49,9 @@ def comfy_noise_sampler(kind: str, x, sigmas, seed):
     raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {kind!r}")
 
 
-def make_sampler_function(module: str, name: str, node: str, noise: str | None = None, **fixed):
-    """A k-diffusion sampler function for KSAMPLER / KSampler's list, calling
-    ``samplers/<module>.py:<name>`` with the model's family and ``fixed`` + per-call options.
+def make_sampler_function(fn, node: str, noise: str | None = None, **fixed):
+    """A k-diffusion sampler function for KSAMPLER / KSampler's list, calling the pure solver ``fn``
+    (samplers/) with the model's family and ``fixed`` + per-call options.
 
     ``noise``: None for deterministic solvers; otherwise the default noise kind ("brownian" /
     "gaussian"), overridable per call with the ``noise_type`` option. Stochastic solvers get
@@ -77,7 +59,6 @@ def make_sampler_function(module: str, name: str, node: str, noise: str | None =
     """
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        fn = _require(module, name, node)
         extra_args = {} if extra_args is None else extra_args
         opts = dict(fixed)
         opts.update(options)
@@ -92,14 +73,14 @@ def make_sampler_function(module: str, name: str, node: str, noise: str | None =
         return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                   family=family, **opts)
 
-    sample.__name__ = f"fewstep_{name}"
+    sample.__name__ = f"fewstep_{fn.__name__}"
     sample.__qualname__ = sample.__name__
-    sample.__doc__ = f"FewStep {node} ({module}.{name}) for ComfyUI."
+    sample.__doc__ = f"FewStep {node} ({fn.__module__}.{fn.__name__}) for ComfyUI."
     return sample
 
 
-def _ksampler(module, name, node, noise=None, **options):
-    fn = make_sampler_function(module, name, node, noise=noise)
+def _ksampler(fn, node, noise=None, **options):
+    fn = make_sampler_function(fn, node, noise=noise)
     return (comfy.samplers.KSAMPLER(fn, options),)
 
 
@@ -156,7 +137,7 @@ class FewStepDDIM:
         n = "FewStepDDIM"
         eta = _check_range(n, "eta", eta, 0.0, 1.0)
         s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
-        return _ksampler("ddim", "sample_ddim", n, noise="gaussian", eta=eta, s_noise=s_noise)
+        return _ksampler(S.sample_ddim, n, noise="gaussian", eta=eta, s_noise=s_noise)
 
 
 class FewStepDPMSolver:
@@ -179,7 +160,7 @@ class FewStepDPMSolver:
     def get_sampler(self, order):
         n = "FewStepDPMSolver"
         order = _check_range(n, "order", order, 1, 3, integer=True)
-        return _ksampler("dpm_solver", "sample_dpm_solver", n, order=order)
+        return _ksampler(S.sample_dpm_solver, n, order=order)
 
 
 DPMPP_MODES = ("2m", "3m", "2s", "sde_2m", "sde_3m")
@@ -223,14 +204,14 @@ class FewStepDPMSolverPP:
         noise_type = _check_choice(n, "noise_type", noise_type, NOISE_TYPES)
         lof = _bool(n, "lower_order_final", lower_order_final)
         if mode in ("2m", "3m"):
-            return _ksampler("dpm_solver_pp", "sample_dpmpp_multistep", n, order=int(mode[0]), lower_order_final=lof)
+            return _ksampler(S.sample_dpmpp_multistep, n, order=int(mode[0]), lower_order_final=lof)
         if mode == "2s":
-            return _ksampler("dpm_solver_pp", "sample_dpmpp_2s", n)
+            return _ksampler(S.sample_dpmpp_2s, n)
         return _sde_sampler(n, int(mode[4]), eta, s_noise, noise_type, lof)
 
 
 def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
-    fn = make_sampler_function("dpm_solver_pp", "sample_dpmpp_sde", node, noise=noise_type)
+    fn = make_sampler_function(S.sample_dpmpp_sde, node, noise=noise_type)
     opts = {"order": order, "eta": eta, "s_noise": s_noise, "noise": noise_type, "noise_type": noise_type,
             "lower_order_final": lof}
     return (comfy.samplers.KSAMPLER(fn, opts),)
@@ -268,7 +249,7 @@ class FewStepUniPC:
         order = _check_range(n, "order", order, 1, 3, integer=True)
         corrector = _bool(n, "corrector", corrector)
         lof = _bool(n, "lower_order_final", lower_order_final)
-        return _ksampler("unipc", "sample_unipc", n, variant=variant, order=order, use_corrector=corrector,
+        return _ksampler(S.sample_unipc, n, variant=variant, order=order, use_corrector=corrector,
                          lower_order_final=lof)
 
 
@@ -292,7 +273,7 @@ class FewStepDEIS:
     def get_sampler(self, order):
         n = "FewStepDEIS"
         order = _check_range(n, "order", order, 1, 4, integer=True)
-        return _ksampler("deis", "sample_deis", n, order=order)
+        return _ksampler(S.sample_deis, n, order=order)
 
 
 PNDM_WARMUPS = ("lower", "rk")
@@ -319,7 +300,7 @@ class FewStepPNDM:
     def get_sampler(self, warmup):
         n = "FewStepPNDM"
         warmup = _check_choice(n, "warmup", warmup, PNDM_WARMUPS)
-        return _ksampler("pndm", "sample_pndm", n, warmup=warmup)
+        return _ksampler(S.sample_pndm, n, warmup=warmup)
 
 
 EDM_METHODS = ("heun", "euler")
@@ -359,7 +340,7 @@ class FewStepEDM:
         s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
         if s_tmin > s_tmax:
             raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
-        return _ksampler("edm", "sample_edm", n, noise="gaussian", method=method, s_churn=s_churn,
+        return _ksampler(S.sample_edm, n, noise="gaussian", method=method, s_churn=s_churn,
                          s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
@@ -384,41 +365,19 @@ class FewStepTCD:
     def get_sampler(self, gamma):
         n = "FewStepTCD"
         gamma = _check_range(n, "gamma", gamma, 0.0, 1.0)
-        return _ksampler("tcd", "sample_tcd", n, noise="gaussian", gamma=gamma)
+        return _ksampler(S.sample_tcd, n, noise="gaussian", gamma=gamma)
 
 
 # ------------------------------------------------------------------------------------------------
-# KSampler's sampler list: deterministic defaults, one model call per step unless noted
-#: name -> (module, function, options, description)
-KSAMPLER_SAMPLERS = {
-    "fewstep_dpmpp_2m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 2, "lower_order_final": True},
-                         "DPM-Solver++(2M)"),
-    "fewstep_dpmpp_3m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 3, "lower_order_final": True},
-                         "DPM-Solver++(3M)"),
-    "fewstep_dpmpp_2s": ("dpm_solver_pp", "sample_dpmpp_2s", {}, "DPM-Solver++(2S), 2 calls per step"),
-    "fewstep_unipc_bh1": ("unipc", "sample_unipc", {"variant": "bh1", "order": 3, "use_corrector": True,
-                                                    "lower_order_final": True}, "UniPC-3 bh1"),
-    "fewstep_unipc_bh2": ("unipc", "sample_unipc", {"variant": "bh2", "order": 3, "use_corrector": True,
-                                                    "lower_order_final": True}, "UniPC-3 bh2"),
-    "fewstep_deis_3": ("deis", "sample_deis", {"order": 3}, "DEIS tAB3"),
-    "fewstep_pndm": ("pndm", "sample_pndm", {"warmup": "lower"}, "PLMS with lower-order warm-up"),
-    "fewstep_ddim": ("ddim", "sample_ddim", {"eta": 0.0}, "DDIM (eta 0)"),
-    "fewstep_edm_heun": ("edm", "sample_edm", {"method": "heun", "s_churn": 0.0}, "EDM Heun, 2 calls per step"),
-    "fewstep_deis_4": ("deis", "sample_deis", {"order": 4}, "DEIS tAB4"),
-}
-
-
+# KSampler's sampler list: samplers/registry.py KSAMPLER_ENTRIES
 def ksampler_function(name: str):
     """The function FewStep registers (or would register) as KSampler sampler ``name``."""
-    module, fn, options, _ = KSAMPLER_SAMPLERS[name]
-    return make_sampler_function(module, fn, name, **options)
+    spec = KSAMPLER_ENTRIES[name]
+    return make_sampler_function(spec.fn, name, **spec.kwargs)
 
 
 def register_with_comfyui():
-    for name, (module, fn, _, _) in KSAMPLER_SAMPLERS.items():
-        if solver_fn(module, fn) is None:
-            log.info("FewStep: %s not registered in KSampler (samplers/%s.py:%s missing)", name, module, fn)
-            continue
+    for name in KSAMPLER_ENTRIES:
         register_sampler(name, ksampler_function(name))
 
 

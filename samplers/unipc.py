@@ -23,7 +23,7 @@ import math
 import torch
 
 from ._common import (alpha_of, check_choice, check_float_range, first_order_coeffs, lam_of, multistep_order,
-                      limit_order_by_step_ratio, phi, setup)
+                      limit_order_by_step_ratio, phi, setup, step_order)
 
 VARIANTS = ("bh1", "bh2")
 
@@ -87,10 +87,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         a, b0 = first_order_coeffs(s, t, fam)
         alpha_t = alpha_of(t, fam)
         x0_part = a * x + b0 * denoised
-        p = min(order, len(hist_d))
-        if lower_order_final:
-            p = min(p, n - i)
-        p = max(1, p)
+        p = step_order(order, i, n, lower_order_final, len(hist_d), final_below=None)
         h = lams[i + 1] - lams[i]
         p = limit_order_by_step_ratio(p, hist_l, h, min_step_ratio)
         rks = [(hist_l[k] - hist_l[0]) / h for k in range(1, p)] + [1.0]

@@ -406,10 +406,10 @@ def test_deliberate_difference_dpmpp_3m_third_order_term(comfy):
     dpmpp_3m_sde (eta 0, the ODE) at order 2."""
     import types
     import comfy.k_diffusion.sampling as ks
-    from fewstep.nodes.solvers import solver_fn
+    from fewstep.samplers import sample_dpmpp_multistep
     patcher, _, _ = setup(comfy, "eps")
     ms = patcher.get_model_object("model_sampling")
-    fewstep_3m = solver_fn("dpm_solver_pp", "sample_dpmpp_multistep")
+    fewstep_3m = sample_dpmpp_multistep
     s0, s1 = 10.0, 0.5
     l0, l1 = -math.log(s0), -math.log(s1)
 

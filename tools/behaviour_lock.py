@@ -41,22 +41,11 @@ def solver_cases():
 
 
 def ksampler_cases():
-    """name -> callable for every sampler FewStep adds to KSampler's list (the pure call it makes).
-    Read from nodes/solvers.py's KSAMPLER_SAMPLERS literal (that module needs ComfyUI to import)."""
-    import ast
-    import importlib
+    """name -> callable for every sampler FewStep adds to KSampler's list (the pure call it makes)."""
+    from ..samplers.registry import KSAMPLER_ENTRIES
 
-    src = (Path(__file__).resolve().parents[1] / "nodes" / "solvers.py").read_text()
-    table = None
-    for node in ast.parse(src).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "KSAMPLER_SAMPLERS":
-            table = ast.literal_eval(node.value)
-    cases = {}
-    for n, (module, fn_name, options, _) in table.items():
-        fn = getattr(importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.samplers.{module}"), fn_name)
-        cases[f"ksampler/{n}"] = (lambda fn, options: lambda m, x, s, e, f: fn(m, x, s, e, family=f, **options))(
-            fn, options)
-    return cases
+    return {f"ksampler/{n}": (lambda spec: lambda m, x, s, e, f: spec(m, x, s, e, family=f))(spec)
+            for n, spec in KSAMPLER_ENTRIES.items()}
 
 
 def all_cases():
