@@ -17,6 +17,7 @@ import logging
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
+from ..comfy_adapter import ksampler_sampler_names
 from ..samplers.registry import KSAMPLER
 
 log = logging.getLogger("FewStep")
@@ -37,7 +38,7 @@ _FEWSTEP_KSAMPLER = {f"fewstep_{n}": n for n in KSAMPLER}
 
 
 def ksampler_names() -> list:
-    return list(comfy.samplers.SAMPLER_NAMES)
+    return ksampler_sampler_names()
 
 
 def align_choices(fewstep_names: tuple, none_label: str) -> list:
@@ -119,7 +120,7 @@ def comfy_solver(name: str, model_k, extra: dict):
     """ComfyUI's sampler ``name`` (a KSampler-list name) as ``solve(model, x, sigmas)``: the function and
     options of ``comfy.samplers.sampler_object(name)`` -- the KSAMPLER a KSampler runs -- on the
     optimizer's denoiser, from x (already at sigmas[0]: the teacher pairs' start, so no noise scaling)."""
-    if name not in comfy.samplers.SAMPLER_NAMES:
+    if name not in ksampler_sampler_names():
         raise ValueError(f"{name!r} is not in ComfyUI's KSampler list")
     sampler = comfy.samplers.sampler_object(name)
     fn, opts = sampler.sampler_function, dict(sampler.extra_options)

@@ -18,13 +18,14 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 
-from ..core import families
 from ..core.io import atomic_save, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
 from . import ays_align
-from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
-from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
+from ..comfy_adapter import family_of_k_model, is_discrete as _is_discrete_sampling, model_sampling_of, model_sigmas_of
+from .common import model_fingerprint, sigmas_out
+from ..schedules.ays_file import AYS_FORMAT
+from .schedulers import AYS_FOLDER, register_folder
 
 log = logging.getLogger("FewStep")
 
@@ -112,8 +113,7 @@ def data_from_latent(model, latent_image, samples: int):
 
 def is_discrete(model) -> bool:
     """Networks of discrete EPS models (SD1.x, SDXL) take integer timesteps: round to their grid."""
-    ms = model_sampling_of(model)
-    return families.family_of_model_sampling(ms) == families.EPS and "Continuous" not in type(ms).__name__
+    return _is_discrete_sampling(model_sampling_of(model))
 
 
 class FewStepAYSOptimize:

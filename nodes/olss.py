@@ -34,8 +34,10 @@ from ..core.io import ProfileError, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..samplers import olss as core
 from ..schedules import SCHEDULE_NAMES, get_schedule
-from ..core.model_sigmas import ModelSigmas, within_range
-from .common import family_of_k_model, model_fingerprint, model_sampling_of_k_model, model_sigmas_of, sigmas_out
+from ..core.model_sigmas import within_range
+from ..comfy_adapter import (family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
+                             patcher_of_k_model, model_sigmas_of, model_sigmas_of_sampling)
+from .common import model_fingerprint, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -355,15 +357,14 @@ def check_profile_for_model(model_k, profile: core.OLSSProfile):
     if fam != profile.family:
         raise ValueError(f"{label} was trained on a {profile.family} model, but this model is {fam}: "
                          "train a profile on this model (FewStep OLSS Train)")
-    ms = ModelSigmas.from_model_sampling(model_sampling_of_k_model(model_k))
+    ms = model_sigmas_of_sampling(model_sampling_of_k_model(model_k))
     positive = profile.sigmas[profile.sigmas > 0]
     top, bottom = float(profile.sigmas[0]), float(positive.min())
     if not within_range(bottom, top, ms):
         raise ValueError(f"{label} steps through sigmas [{bottom:.6g}, {top:.6g}], outside this model's range "
                          f"[{ms.sigma_min:.6g}, {ms.sigma_max:.6g}]: it was trained on another model; train a "
                          "profile on this model (FewStep OLSS Train)")
-    guider = getattr(model_k, "inner_model", None)
-    patcher = getattr(guider, "model_patcher", None)
+    guider, patcher = guider_of_k_model(model_k), patcher_of_k_model(model_k)
     fp = None
     if patcher is not None and profile.model_fingerprint:
         try:

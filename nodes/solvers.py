@@ -21,8 +21,7 @@ import comfy.samplers
 from .. import samplers as S
 from ..samplers._common import check_sigmas
 from ..samplers.registry import KSAMPLER_ENTRIES
-from .common import family_of_k_model
-from .registry import register_sampler
+from ..comfy_adapter import family_of_k_model, register_sampler
 
 log = logging.getLogger("FewStep")
 

@@ -34,7 +34,7 @@ import torch
 
 import comfy.patcher_extension as pe
 
-from ..core.cache_schedule import dit_block_plan, full_steps  # noqa: F401  (full_steps: re-exported)
+from ..core.cache_schedule import cached_step_mask, dit_block_plan, full_steps
 from . import _dit, _run
 from ._unet import UNetLayout, UnsupportedModelError, architecture_name, forward_shallow, unpack_forward_args
 import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
@@ -51,7 +51,7 @@ class DeepCacheRun(_run.RunState):
         window = self.percent_window(settings["start_percent"], settings["end_percent"])
         full = set(full_steps(self.total_steps, settings["cache_interval"], settings["mode"],
                               settings["center"], settings["power"]))
-        self.cached_step = [window[i] and i not in full for i in range(self.total_steps)]
+        self.cached_step = cached_step_mask(self.total_steps, full, window)
         self.cache = {}  # uuid -> (input chunk shape, deep feature chunk)
         self.full_calls = 0
         self.cached_calls = 0

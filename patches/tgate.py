@@ -37,7 +37,7 @@ import torch
 
 import comfy.patcher_extension as pe
 
-from ..core.cache_schedule import gate_step
+from ..core.cache_schedule import gate_step, self_attn_reuse
 from . import _dit, _run
 from ._unet import UnsupportedModelError, architecture_name
 import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
@@ -68,7 +68,7 @@ class TGateRun(_run.RunState):
         return self.gate < self.total_steps and self.step < self.gate
 
     def sa_reuse_step(self) -> bool:
-        return self.settings["self_attn_cache"] and self.gated() and (self.step - self.gate) % 2 == 1
+        return self.settings["self_attn_cache"] and self_attn_reuse(self.step, self.gate)
 
     def summary(self):
         s = self.settings

@@ -46,7 +46,7 @@ def run(family, sampler, sigmas, cfg=3.0):
 def registry_sampler(name):
     """The registry's solver as a KSAMPLER, family read from the model as the nodes do."""
     import comfy.samplers as cs
-    from fewstep.nodes.common import family_of_k_model
+    from fewstep.comfy_adapter import family_of_k_model
     from fewstep.samplers.registry import SOLVERS
     spec = SOLVERS[name]
 
@@ -94,12 +94,12 @@ def test_the_tolerance_tells_solvers_apart(comfy, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_schedule_recipe_gives_the_schedule(comfy, family):
     import comfy.samplers as cs
-    from fewstep.core.model_sigmas import ModelSigmas
+    from fewstep.comfy_adapter import model_sigmas_of_sampling
     from fewstep.recipes import SCHEDULE_RECIPES
     from fewstep.schedules import SCHEDULE_NAMES, get_schedule
     patcher, _, _ = setup(family)
     ms_c = patcher.get_model_object("model_sampling")
-    ms = ModelSigmas.from_model_sampling(ms_c)
+    ms = model_sigmas_of_sampling(ms_c)
     node = comfy.NODES["FewStepScheduler"]()
     for s in SCHEDULE_NAMES:
         r = SCHEDULE_RECIPES[s]
