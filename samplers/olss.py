@@ -66,12 +66,6 @@ class TrajectoryQR:
         self.rows = 0
         self.trajectories = 0
 
-    def state_col(self, i: int) -> int:
-        return i
-
-    def output_col(self, i: int) -> int:
-        return self.n + 1 + i
-
     def add(self, states: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor],
             check_interrupt: Callable[[], None] | None = None):
         """Fold one recorded trajectory (``n+1`` states, ``n`` outputs, any equal shapes: a batch of

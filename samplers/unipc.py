@@ -29,13 +29,13 @@ VARIANTS = ("bh1", "bh2")
 
 
 def _coefficients(rks, h, variant):
-    """(B, b, R) for data prediction: hh = -h (plain Python lists: this runs every step)."""
-    hh = -h
-    big_b = hh if variant == "bh1" else math.expm1(hh)
+    """(B(h), b, R) for data prediction, with neg_h = -h (plain Python lists: this runs every step)."""
+    neg_h = -h
+    b_of_h = neg_h if variant == "bh1" else math.expm1(neg_h)
     p = len(rks)
-    b = [hh * phi(i + 2, hh) * math.factorial(i + 1) / big_b for i in range(p)]
+    b = [neg_h * phi(i + 2, neg_h) * math.factorial(i + 1) / b_of_h for i in range(p)]
     R = [[r ** i for r in rks] for i in range(p)]
-    return big_b, b, R
+    return b_of_h, b, R
 
 
 def _solve(A, y):
@@ -91,7 +91,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         h = lams[i + 1] - lams[i]
         p = limit_order_by_step_ratio(p, hist_l, h, min_step_ratio)
         rks = [(hist_l[k] - hist_l[0]) / h for k in range(1, p)] + [1.0]
-        big_b, bvec, R = _coefficients(rks, h, variant)
+        b_of_h, bvec, R = _coefficients(rks, h, variant)
         d1s = [(hist_d[k] - denoised) / rks[k - 1] for k in range(1, p)]
         # predictor
         if p == 1:
@@ -101,7 +101,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         else:
             rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
             pred = sum(c * d for c, d in zip(rho, d1s))
-        x_t = x0_part if pred is None else x0_part - (alpha_t * big_b) * pred
+        x_t = x0_part if pred is None else x0_part - (alpha_t * b_of_h) * pred
         last = i == n - 1
         if last:
             x = x_t
@@ -112,7 +112,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             corr = rho_c[-1] * (d_t - denoised)
             for c, d in zip(rho_c[:-1], d1s):
                 corr = corr + c * d
-            x_t = x0_part - (alpha_t * big_b) * corr
+            x_t = x0_part - (alpha_t * b_of_h) * corr
         x = x_t
         denoised = d_t
     return x

@@ -74,10 +74,9 @@ def test_estimator_is_zero_for_a_constant_denoiser_and_cached():
         return torch.full_like(x, 0.3)
 
     est = ays.KLUBEstimator(D, x0, "eps", seed=0)
-    for order in (1, 2):
-        assert float(est.schedule([14.6, 3.0, 1.0, 0.1], order).abs().max()) == 0.0
+    assert float(est.schedule([14.6, 3.0, 1.0, 0.1]).abs().max()) == 0.0
     calls = est.evaluations
-    est.schedule([14.6, 3.0, 1.0, 0.1], 1)
+    est.schedule([14.6, 3.0, 1.0, 0.1])
     assert est.evaluations == calls  # every interval came from the cache
 
 
