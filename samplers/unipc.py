@@ -54,6 +54,25 @@ def _solve(A, y):
     return z
 
 
+def _predictor(p, R, bvec, d1s):
+    """UniP's correction sum_{k<p} a_k D1_k (None at order 1; a = 1/2 at order 2)."""
+    if p == 1:
+        return None
+    if p == 2:
+        return 0.5 * d1s[0]
+    rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
+    return sum(c * d for c, d in zip(rho, d1s))
+
+
+def _corrector(p, R, bvec, d1s, d_change):
+    """UniC's correction sum_{k<p} c_k D1_k + c_p (D_t - D_s) (c = 1/2 at order 1)."""
+    rho_c = [0.5] if p == 1 else _solve(R, bvec)
+    corr = rho_c[-1] * d_change
+    for c, d in zip(rho_c[:-1], d1s):
+        corr = corr + c * d
+    return corr
+
+
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, family="eps",
                  variant="bh2", order=3, use_corrector=True, lower_order_final=True, final_sigma=1e-3,
@@ -93,14 +112,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         rks = [(hist_l[k] - hist_l[0]) / h for k in range(1, p)] + [1.0]
         b_of_h, bvec, R = _coefficients(rks, h, variant)
         d1s = [(hist_d[k] - denoised) / rks[k - 1] for k in range(1, p)]
-        # predictor
-        if p == 1:
-            pred = None
-        elif p == 2:
-            pred = 0.5 * d1s[0]
-        else:
-            rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
-            pred = sum(c * d for c, d in zip(rho, d1s))
+        pred = _predictor(p, R, bvec, d1s)
         x_t = x0_part if pred is None else x0_part - (alpha_t * b_of_h) * pred
         last = i == n - 1
         if last:
@@ -108,11 +120,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             break
         d_t = run.denoise(x_t, i + 1)
         if use_corrector:
-            rho_c = [0.5] if p == 1 else _solve(R, bvec)
-            corr = rho_c[-1] * (d_t - denoised)
-            for c, d in zip(rho_c[:-1], d1s):
-                corr = corr + c * d
-            x_t = x0_part - (alpha_t * b_of_h) * corr
+            x_t = x0_part - (alpha_t * b_of_h) * _corrector(p, R, bvec, d1s, d_t - denoised)
         x = x_t
         denoised = d_t
     return x
