@@ -10,16 +10,20 @@ node API (which ``nodes/`` uses directly) lives here, so a change in ComfyUI is 
 * The server: the running ``PromptServer`` (never imported here), for routes.
 * Wrapper arguments: where ``CFGGuider.outer_sample``'s arguments sit, read from its signature.
 * Cancel: ComfyUI's interrupt check as a callable for the pure code.
+* Model folders: FewStep's ``models/fewstep_*`` folders in folder_paths.
 """
 from __future__ import annotations
 
 import inspect
 import sys
 
+import os
+
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
+import folder_paths
 
 from .core import families
 from .core.model_sigmas import ModelSigmas
@@ -46,6 +50,13 @@ def register_sampler(name: str, fn) -> bool:
     if name not in comfy.samplers.KSAMPLER_NAMES:
         comfy.samplers.KSAMPLER_NAMES.append(name)
     return True
+
+
+def register_models_folder(name: str) -> None:
+    """``models/<name>`` for .safetensors files in folder_paths, unless someone (extra_model_paths.yaml)
+    registered it already: append-only."""
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
 
 
 def ksampler_sampler_names() -> list:

@@ -22,6 +22,7 @@ from ..core.io import atomic_save, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
 from . import ays_align
+from ..core.validate import check_int
 from ..comfy_adapter import family_of_k_model, is_discrete as _is_discrete_sampling, model_sampling_of, model_sigmas_of
 from .common import model_fingerprint, sigmas_out
 from ..schedules.ays_file import AYS_FORMAT
@@ -58,9 +59,7 @@ DEFAULT_LATENT_HW = (64, 64)
 
 
 def _int(value, lo, hi, widget):
-    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ValueError(f"{NODE}: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
-    return value
+    return check_int(value, lo, hi, widget, NODE)
 
 
 def check_name(name) -> str:

@@ -35,7 +35,8 @@ from ..core.seeds import fold_seed
 from ..samplers import olss as core
 from ..schedules import SCHEDULE_NAMES, get_schedule
 from ..core.model_sigmas import within_range
-from ..comfy_adapter import (family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
+from ..core.validate import check_int
+from ..comfy_adapter import (register_models_folder, family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
                              patcher_of_k_model, model_sigmas_of, model_sigmas_of_sampling)
 from .common import model_fingerprint, sigmas_out
 
@@ -77,9 +78,7 @@ MAX_KEEP_BYTES = 8 * 2**30
 
 def register_with_comfyui():
     """Register the ``fewstep_olss`` models folder (only if no one has, e.g. extra_model_paths.yaml)."""
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)],
-                                                      {".safetensors"})
+    register_models_folder(FOLDER)
 
 
 def profile_dir() -> str:
@@ -105,9 +104,7 @@ def teacher_function(name: str):
 
 
 def _check_int(value, lo, hi, widget):
-    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ValueError(f"FewStepOLSSTrain: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
-    return value
+    return check_int(value, lo, hi, widget, "FewStepOLSSTrain")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import folder_paths
 from ..core.io import ProfileError
 from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
 from ..schedules.ays_file import load_ays_schedule
-from ..comfy_adapter import interrupt_check, model_sigmas_of, model_sigmas_of_sampling, register_scheduler
+from ..comfy_adapter import interrupt_check, register_models_folder, model_sigmas_of, model_sigmas_of_sampling, register_scheduler
 from .common import model_fingerprint, sigmas_out
 
 log = logging.getLogger("FewStep")
@@ -16,11 +16,7 @@ AYS_FOLDER = "fewstep_ays"
 NONE = "none"
 
 
-def register_folder(name: str):
-    """Register ``models/<name>`` with folder_paths for .safetensors files, append-only."""
-    if name in folder_paths.folder_names_and_paths:
-        return
-    folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+register_folder = register_models_folder
 
 
 def saved_ays_names():

@@ -19,14 +19,15 @@ import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
 from .. import samplers as S
+from ..core.validate import check_bool, check_choice, check_float, check_int
 from ..samplers._common import check_sigmas
+from ..samplers.noise import NOISE_TYPES
 from ..samplers.registry import KSAMPLER_ENTRIES
 from ..comfy_adapter import family_of_k_model, register_sampler
 
 log = logging.getLogger("FewStep")
 
 CATEGORY = "sampling/fewstep/samplers"
-NOISE_TYPES = ("brownian", "gaussian")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,33 +84,9 @@ def _ksampler(fn, node, noise=None, **options):
     return (comfy.samplers.KSAMPLER(fn, options),)
 
 
-# ------------------------------------------------------------------------------------------------
-# checks with the widget's name and its allowed range
-def _check_range(node, widget, value, lo, hi, integer=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
-    if integer and ok:
-        ok = float(value) == int(value)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{node}: {widget} must be {kind} in [{lo}, {hi}], got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _check_choice(node, widget, value, choices):
-    if value not in choices:
-        raise ValueError(f"{node}: {widget} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
 _S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "round": False, "tooltip":
             "Scale of the fresh noise added at each stochastic step (1 = the exact SDE). "
             "Slightly above 1 can offset the detail lost by few steps."})
-
-
-def _bool(node, widget, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{node}: {widget} must be true or false, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,8 +111,8 @@ class FewStepDDIM:
 
     def get_sampler(self, eta, s_noise):
         n = "FewStepDDIM"
-        eta = _check_range(n, "eta", eta, 0.0, 1.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
+        eta = check_float(eta, 0.0, 1.0, "eta", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
         return _ksampler(S.sample_ddim, n, noise="gaussian", eta=eta, s_noise=s_noise)
 
 
@@ -158,7 +135,7 @@ class FewStepDPMSolver:
 
     def get_sampler(self, order):
         n = "FewStepDPMSolver"
-        order = _check_range(n, "order", order, 1, 3, integer=True)
+        order = check_int(order, 1, 3, "order", n)
         return _ksampler(S.sample_dpm_solver, n, order=order)
 
 
@@ -197,11 +174,11 @@ class FewStepDPMSolverPP:
 
     def get_sampler(self, mode, eta, s_noise, noise_type, lower_order_final):
         n = "FewStepDPMSolverPP"
-        mode = _check_choice(n, "mode", mode, DPMPP_MODES)
-        eta = _check_range(n, "eta", eta, 0.0, 1.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
-        noise_type = _check_choice(n, "noise_type", noise_type, NOISE_TYPES)
-        lof = _bool(n, "lower_order_final", lower_order_final)
+        mode = check_choice(mode, DPMPP_MODES, "mode", n)
+        eta = check_float(eta, 0.0, 1.0, "eta", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
+        noise_type = check_choice(noise_type, NOISE_TYPES, "noise_type", n)
+        lof = check_bool(lower_order_final, "lower_order_final", n)
         if mode in ("2m", "3m"):
             return _ksampler(S.sample_dpmpp_multistep, n, order=int(mode[0]), lower_order_final=lof)
         if mode == "2s":
@@ -244,10 +221,10 @@ class FewStepUniPC:
 
     def get_sampler(self, variant, order, corrector, lower_order_final):
         n = "FewStepUniPC"
-        variant = _check_choice(n, "variant", variant, UNIPC_VARIANTS)
-        order = _check_range(n, "order", order, 1, 3, integer=True)
-        corrector = _bool(n, "corrector", corrector)
-        lof = _bool(n, "lower_order_final", lower_order_final)
+        variant = check_choice(variant, UNIPC_VARIANTS, "variant", n)
+        order = check_int(order, 1, 3, "order", n)
+        corrector = check_bool(corrector, "corrector", n)
+        lof = check_bool(lower_order_final, "lower_order_final", n)
         return _ksampler(S.sample_unipc, n, variant=variant, order=order, use_corrector=corrector,
                          lower_order_final=lof)
 
@@ -271,7 +248,7 @@ class FewStepDEIS:
 
     def get_sampler(self, order):
         n = "FewStepDEIS"
-        order = _check_range(n, "order", order, 1, 4, integer=True)
+        order = check_int(order, 1, 4, "order", n)
         return _ksampler(S.sample_deis, n, order=order)
 
 
@@ -298,7 +275,7 @@ class FewStepPNDM:
 
     def get_sampler(self, warmup):
         n = "FewStepPNDM"
-        warmup = _check_choice(n, "warmup", warmup, PNDM_WARMUPS)
+        warmup = check_choice(warmup, PNDM_WARMUPS, "warmup", n)
         return _ksampler(S.sample_pndm, n, warmup=warmup)
 
 
@@ -332,11 +309,11 @@ class FewStepEDM:
 
     def get_sampler(self, method, s_churn, s_tmin, s_tmax, s_noise):
         n = "FewStepEDM"
-        method = _check_choice(n, "method", method, EDM_METHODS)
-        s_churn = _check_range(n, "s_churn", s_churn, 0.0, 100.0)
-        s_tmin = _check_range(n, "s_tmin", s_tmin, 0.0, 1000.0)
-        s_tmax = _check_range(n, "s_tmax", s_tmax, 0.0, 1000.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
+        method = check_choice(method, EDM_METHODS, "method", n)
+        s_churn = check_float(s_churn, 0.0, 100.0, "s_churn", n)
+        s_tmin = check_float(s_tmin, 0.0, 1000.0, "s_tmin", n)
+        s_tmax = check_float(s_tmax, 0.0, 1000.0, "s_tmax", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
         if s_tmin > s_tmax:
             raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
         return _ksampler(S.sample_edm, n, noise="gaussian", method=method, s_churn=s_churn,
@@ -363,7 +340,7 @@ class FewStepTCD:
 
     def get_sampler(self, gamma):
         n = "FewStepTCD"
-        gamma = _check_range(n, "gamma", gamma, 0.0, 1.0)
+        gamma = check_float(gamma, 0.0, 1.0, "gamma", n)
         return _ksampler(S.sample_tcd, n, noise="gaussian", gamma=gamma)
 
 

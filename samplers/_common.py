@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core import families
+from ..core.validate import check_choice, check_float, check_int  # noqa: F401  (check_choice: for the solvers)
 
 log = logging.getLogger("FewStep")
 
@@ -24,31 +25,13 @@ log = logging.getLogger("FewStep")
 # ------------------------------------------------------------------------------------------------
 # option validation
 def check_int_range(value, lo: int, hi: int, name: str) -> int:
-    """An integer option in [lo, hi] or a ValueError naming the option and the range."""
-    try:
-        ok = int(value) == value
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not (lo <= int(value) <= hi):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return int(value)
+    """An integer option in [lo, hi] (core/validate.py)."""
+    return check_int(value, lo, hi, name)
 
 
 def check_float_range(value, lo: float, hi: float, name: str) -> float:
-    """A float option in [lo, hi] (finite unless hi is inf) or a ValueError naming it and the range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
-    if math.isnan(v) or not (lo <= v <= hi):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
-    return v
-
-
-def check_choice(value, choices, name: str):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
+    """A float option in [lo, hi] (core/validate.py)."""
+    return check_float(value, lo, hi, name)
 
 
 def check_sigmas(sigmas) -> None:

@@ -136,7 +136,7 @@ def test_bad_orders_and_options():
     x = torch.zeros((1,) + SHAPE)
     sig = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0])
     for bad in (0, 4, 2.5, "2"):
-        with pytest.raises(ValueError, match=r"order must be an integer in \[1, 3\]"):
+        with pytest.raises(ValueError, match=r"order must be a whole number in \[1, 3\]"):
             sample_dpmpp_multistep(m, x, sig, order=bad)
     with pytest.raises(ValueError, match="eta"):
         sample_ddim(m, x, sig, eta=1.5)
@@ -147,10 +147,10 @@ def test_bad_orders_and_options():
 
 
 @pytest.mark.parametrize("fn,kw,match", [
-    ("sample_dpm_solver", {"order": 4}, r"order must be an integer in \[1, 3\]"),
-    ("sample_unipc", {"order": 0}, r"order must be an integer in \[1, 3\]"),
-    ("sample_deis", {"order": 5}, r"order must be an integer in \[1, 4\]"),
-    ("sample_dpmpp_sde", {"order": 4}, r"order must be an integer in \[1, 3\]"),
+    ("sample_dpm_solver", {"order": 4}, r"order must be a whole number in \[1, 3\]"),
+    ("sample_unipc", {"order": 0}, r"order must be a whole number in \[1, 3\]"),
+    ("sample_deis", {"order": 5}, r"order must be a whole number in \[1, 4\]"),
+    ("sample_dpmpp_sde", {"order": 4}, r"order must be a whole number in \[1, 3\]"),
     ("sample_tcd", {"gamma": 1.5}, r"gamma must be a number in \[0.0, 1.0\]"),
     ("sample_tcd", {"gamma": -0.1}, r"gamma must be a number in \[0.0, 1.0\]"),
     ("sample_tcd", {"gamma": float("nan")}, "gamma"),
