@@ -29,12 +29,10 @@ def check_int(value, lo: int, hi: int, widget: str, where: str = "") -> int:
 def check_float(value, lo: float, hi: float, widget: str, where: str = "", lo_open: bool = False) -> float:
     """A number in [lo, hi] (``lo_open``: (lo, hi]); NaN never, inf only when it is a bound."""
     try:
-        v = float(value)
-        ok = not isinstance(value, bool) and not math.isnan(v)
+        v = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
-        ok, v = False, math.nan
-    ok = ok and (lo < v if lo_open else lo <= v) and v <= hi
-    if not ok:
+        v = math.nan
+    if not ((lo < v if lo_open else lo <= v) and v <= hi):      # NaN fails both comparisons
         left = "(" if lo_open else "["
         raise ValueError(_say(where, f"{widget} must be a number in {left}{lo}, {hi}], got {value!r}"))
     return v

@@ -90,15 +90,19 @@ _S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "ro
 
 
 # ------------------------------------------------------------------------------------------------
-class FewStepDDIM:
-    DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
-                   "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
-                   "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
+class _SolverNode:
+    """What every solver node shares: it outputs one SAMPLER."""
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
     OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
+
+
+class FewStepDDIM(_SolverNode):
+    DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
+                   "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
+                   "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -116,14 +120,9 @@ class FewStepDDIM:
         return _ksampler(S.sample_ddim, n, noise="gaussian", eta=eta, s_noise=s_noise)
 
 
-class FewStepDPMSolver:
+class FewStepDPMSolver(_SolverNode):
     DESCRIPTION = ("DPM-Solver (Lu et al. 2022), noise prediction, singlestep: each step of order k uses k "
                    "model calls (order 1 = DDIM). Best with a logSNR-uniform schedule.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -142,15 +141,10 @@ class FewStepDPMSolver:
 DPMPP_MODES = ("2m", "3m", "2s", "sde_2m", "sde_3m")
 
 
-class FewStepDPMSolverPP:
+class FewStepDPMSolverPP(_SolverNode):
     DESCRIPTION = ("DPM-Solver++ (Lu et al. 2022), data prediction: multistep 2M / 3M (one model call per "
                    "step), singlestep 2S (two calls per step), and the SDE variants 2M / 3M with eta and "
                    "seeded noise. The final step to sigma 0 is first order, as in the paper.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -196,14 +190,9 @@ def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-class FewStepUniPC:
+class FewStepUniPC(_SolverNode):
     DESCRIPTION = ("UniPC (Zhao et al. 2023): a multistep predictor (UniP) with a corrector (UniC) that reuses "
                    "the next model call, so the corrector raises the order at no extra cost.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -229,14 +218,9 @@ class FewStepUniPC:
                          lower_order_final=lof)
 
 
-class FewStepDEIS:
+class FewStepDEIS(_SolverNode):
     DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-4: a multistep exponential "
                    "integrator whose coefficients are computed for the actual sigma grid and model family.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -255,14 +239,9 @@ class FewStepDEIS:
 PNDM_WARMUPS = ("lower", "rk")
 
 
-class FewStepPNDM:
+class FewStepPNDM(_SolverNode):
     DESCRIPTION = ("PNDM / PLMS (Liu et al. 2022): the 4th-order linear multistep update "
                    "(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})/24 on the pseudo-numerical DDIM step.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -282,14 +261,9 @@ class FewStepPNDM:
 EDM_METHODS = ("heun", "euler")
 
 
-class FewStepEDM:
+class FewStepEDM(_SolverNode):
     DESCRIPTION = ("EDM sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method with optional "
                    "churn (S_churn, S_tmin, S_tmax, S_noise), or plain Euler. The last step to sigma 0 is Euler.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -320,15 +294,10 @@ class FewStepEDM:
                          s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
-class FewStepTCD:
+class FewStepTCD(_SolverNode):
     DESCRIPTION = ("TCD (Zheng et al. 2024), strategic stochastic sampling: jump deterministically to "
                    "(1 - gamma) of the next sigma, then re-noise to it. gamma 0 is deterministic (DDIM), "
                    "gamma 1 is LCM-style multistep sampling. For TCD / LCM / consistency models.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -201,3 +201,16 @@ def test_empty_schedule_returns_input(name):
     x = torch.ones((1,) + SHAPE)
     y = SOLVERS[name](m, x, torch.tensor([2.0]))
     assert m.calls == 0 and torch.equal(y, x)
+
+
+def test_taylor_derivatives_are_the_polynomials_derivatives():
+    """Against closed forms: the line through 2 points has their slope; the parabola through
+    f(l) = 2 + 3 l + 5 l^2 at 3 points has f'(l0) = 3 + 10 l0 and f'' = 10."""
+    from fewstep.samplers._common import taylor_derivatives
+    f = lambda v: 2 + 3 * v + 5 * v * v  # noqa: E731
+    (d1,) = taylor_derivatives([1.5, 0.5], [f(1.5), f(0.5)])
+    assert d1 == pytest.approx((f(1.5) - f(0.5)) / 1.0, rel=1e-12)
+    d1, d2 = taylor_derivatives([1.5, 0.75, -0.5], [f(1.5), f(0.75), f(-0.5)])
+    assert d1 == pytest.approx(3 + 10 * 1.5, rel=1e-12) and d2 == pytest.approx(10.0, rel=1e-12)
+    with pytest.raises(ValueError):
+        taylor_derivatives([1.0], [1.0])

@@ -136,3 +136,20 @@ def test_brownian_noise_gives_pathwise_convergence():
             assert errs[0] > errs[1] > errs[2] and errs[2] < 0.01, errs
         else:
             assert min(errs) > 0.3, errs
+
+
+@pytest.mark.parametrize("s_churn,steps", [(40.0, 4), (1.0, 4), (100.0, 10)])
+def test_edm_churn_is_capped_at_sqrt2_minus_1_inside_the_window(s_churn, steps):
+    """Karras et al. 2022, Algorithm 2: gamma_i = min(S_churn / N, sqrt(2) - 1) for sigma_i in
+    [S_tmin, S_tmax], else 0; sigma_hat = sigma (1 + gamma). Read from the callback's sigma_hat."""
+    import math
+    am = AnalyticModel("eps", 3.0, 4, 0)
+    sig = torch.tensor([10.0, 4.0, 1.5, 0.5, 0.1][:steps] + [0.0], dtype=torch.float64)[: steps + 1]
+    x = am.noise((2, 4, 2, 2), 1, dtype=torch.float64) * 10.0
+    seen = []
+    SOLVERS["edm_heun"](am.denoiser(1.0), x, sig, {"seed": 3}, lambda d: seen.append(float(d["sigma_hat"])),
+                        family="eps", s_churn=s_churn, s_tmin=1.0, s_tmax=5.0)
+    n = len(sig) - 1
+    want = [float(s) * (1 + (min(s_churn / n, math.sqrt(2) - 1) if 1.0 <= float(s) <= 5.0 else 0.0))
+            for s in sig[:-1]]
+    assert seen == pytest.approx(want, rel=1e-12)
