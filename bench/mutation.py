@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MUTANTS = 60
-QUICK = 15
+MUTANTS = 40
+QUICK = 12
 TIMEOUT_S = 300
 
 #: module -> the fast unit tests that cover it
@@ -55,6 +55,8 @@ TESTS = {
     "samplers/edm.py": ["test_solvers_common.py", "test_solvers_sde.py"],
     "samplers/tcd.py": ["test_solvers_common.py", "test_solvers_sde.py"],
     "samplers/noise.py": ["test_noise.py"],
+    "samplers/olss.py": ["test_olss.py"],
+    "schedules/ays_optimize.py": ["test_ays_optimize.py"],
 }
 
 _SWAP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Lt: ast.LtE,

@@ -11,6 +11,7 @@ def test_full_steps_uniform_and_interval_1():
     assert full_steps(7, 3) == [0, 3, 6]
     assert full_steps(5, 1) == [0, 1, 2, 3, 4]
     assert full_steps(0, 3) == []
+    assert full_steps(1, 3) == [0] and full_steps(1, 3, "non-uniform") == [0]   # a 1-step run is one full step
     s = full_steps(50, 5, "non-uniform", 0.3, 1.4)
     assert len(s) == 10 and s[0] == 0 and s == sorted(set(s))
 
