@@ -190,3 +190,15 @@ def test_nan_or_inverted_sigma_range_is_refused(lo, hi):
 def test_flow_range_above_one_is_refused():
     with pytest.raises(ValueError, match="flow models have sigma_max <= 1"):
         ModelSigmas.from_range("flow", 0.01, 2.0)
+
+
+def test_ays_is_remapped_when_only_one_end_of_the_range_differs():
+    """A model with SD1.5's sigma_max but a larger sigma_min (or the reverse) gets the table remapped onto
+    its range (the published table is for SD1.5's whole range)."""
+    from fewstep.schedules.ays import needs_remap
+    t = ays_table("SD1")
+    assert not needs_remap(t, SD)
+    low_end = ModelSigmas.from_range("eps", 0.1, float(t[0]))
+    top_end = ModelSigmas.from_range("eps", float(t[-1]), 20.0)
+    assert needs_remap(t, low_end) and needs_remap(t, top_end)
+    assert not torch.allclose(ays_sigmas("SD1", 10, model_sigmas=low_end), ays_sigmas("SD1", 10, model_sigmas=SD))

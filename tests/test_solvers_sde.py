@@ -153,3 +153,15 @@ def test_edm_churn_is_capped_at_sqrt2_minus_1_inside_the_window(s_churn, steps):
     want = [float(s) * (1 + (min(s_churn / n, math.sqrt(2) - 1) if 1.0 <= float(s) <= 5.0 else 0.0))
             for s in sig[:-1]]
     assert seen == pytest.approx(want, rel=1e-12)
+
+
+def test_edm_accepts_every_s_noise_in_its_range():
+    """s_noise in [0, 10]: values below 1 (less churn noise) are valid, 0 included."""
+    am = AnalyticModel("eps", 3.0, 4, 0)
+    sig = torch.tensor([10.0, 2.0, 0.5, 0.0], dtype=torch.float64)
+    x = am.noise((1, 4, 2, 2), 1, dtype=torch.float64) * 10.0
+    for s_noise in (0.0, 0.5, 10.0):
+        y = SOLVERS["edm_heun"](am.denoiser(1.0), x, sig, {"seed": 3}, family="eps", s_churn=1.0, s_noise=s_noise)
+        assert torch.isfinite(y).all()
+    with pytest.raises(ValueError, match=r"s_noise must be a number in \[0.0, 10.0\]"):
+        SOLVERS["edm_heun"](am.denoiser(1.0), x, sig, {"seed": 3}, family="eps", s_noise=-0.1)
