@@ -324,6 +324,36 @@ def _identical_groups(names, diffs):
     return out
 
 
+def _references(jobs, bar, shift, components, seed, samples, latent):
+    """The exact references of every (family, cfg), computed first: they time a model call.
+    Returns ({job: (model, model_fn, x, ref)}, {job: seconds per model call})."""
+    setups, call_secs = {}, {}
+    for j, (fam, cfg) in enumerate(jobs):
+        bar.show(f"exact reference {j + 1}/{len(jobs)}: {fam} cfg {cfg:g}")
+        m = AnalyticModel(fam, shift=shift, components=components, seed=seed)
+        model_fn = guided_denoiser(m, cfg)
+        x = m.initial_state(m.noise((samples,) + tuple(latent), seed + 1000), m.sigma_max)
+        t = time.perf_counter()
+        ref = reference_solve(model_fn, x, m.sigma_max, steps=REFERENCE_STEPS)
+        call_secs[(fam, cfg)] = (time.perf_counter() - t) / (4 * REFERENCE_STEPS + 1)
+        setups[(fam, cfg)] = (m, model_fn, x, ref)
+    return setups, call_secs
+
+
+def _fold_pair_diffs(pair_diff: dict, names, outs: dict) -> None:
+    """The largest relative difference of every pair of solvers' samples so far (inf when they ran other
+    step counts), for grouping identical solvers."""
+    for ia, a in enumerate(names):
+        for b in names[ia + 1:]:
+            oa, ob = outs.get(a, {}), outs.get(b, {})
+            if oa.keys() != ob.keys() or any(oa[k][0] != ob[k][0] for k in oa):
+                d = math.inf
+            else:
+                d = max((float((oa[k][1] - ob[k][1]).abs().max() / ob[k][1].abs().max().clamp_min(1e-30))
+                         for k in oa), default=math.inf)
+            pair_diff[(a, b)] = max(pair_diff.get((a, b), 0.0), d)
+
+
 def compare(families=QUICK.families, cfgs=QUICK.cfgs, nfes=QUICK.nfes, samples=QUICK.samples,
             latent=QUICK.latent, components=8, seed=0, shift=3.0, solvers=None, schedules=SCHEDULE_NAMES,
             progress=True, grid="custom", stream=None) -> Comparison:
@@ -338,16 +368,7 @@ def compare(families=QUICK.families, cfgs=QUICK.cfgs, nfes=QUICK.nfes, samples=Q
     results, pair_diff, sched_cache = [], {}, {}
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     with collected_warnings() as caught:
-        setups, call_secs = {}, {}
-        for j, (fam, cfg) in enumerate(jobs):             # the exact references first: they time a model call
-            bar.show(f"exact reference {j + 1}/{len(jobs)}: {fam} cfg {cfg:g}")
-            m = AnalyticModel(fam, shift=shift, components=components, seed=seed)
-            model_fn = guided_denoiser(m, cfg)
-            x = m.initial_state(m.noise((samples,) + tuple(latent), seed + 1000), m.sigma_max)
-            t = time.perf_counter()
-            ref = reference_solve(model_fn, x, m.sigma_max, steps=REFERENCE_STEPS)
-            call_secs[(fam, cfg)] = (time.perf_counter() - t) / (4 * REFERENCE_STEPS + 1)
-            setups[(fam, cfg)] = (m, model_fn, x, ref)
+        setups, call_secs = _references(jobs, bar, shift, components, seed, samples, latent)
         bar.predicted_left = sum(sum(c.nfes) * call_secs[(c.family, c.cfg)] for c in cases)
         i = 0
         for fam, cfg in jobs:
@@ -372,15 +393,7 @@ def compare(families=QUICK.families, cfgs=QUICK.cfgs, nfes=QUICK.nfes, samples=Q
                                             steps=steps, calls=calls, error=err))
                     bar.case_done(sum(nfes) * call_secs[(fam, cfg)], time.perf_counter() - t,
                                   f"{fam} cfg {cfg:g} {name} {sched}")
-            for ia, a in enumerate(names):
-                for b in names[ia + 1:]:
-                    oa, ob = outs.get(a, {}), outs.get(b, {})
-                    if oa.keys() != ob.keys() or any(oa[k][0] != ob[k][0] for k in oa):
-                        d = math.inf
-                    else:
-                        d = max((float((oa[k][1] - ob[k][1]).abs().max() / ob[k][1].abs().max().clamp_min(1e-30))
-                                 for k in oa), default=math.inf)
-                    pair_diff[(a, b)] = max(pair_diff.get((a, b), 0.0), d)
+            _fold_pair_diffs(pair_diff, names, outs)
             del outs
     bar.close()
     groups = _identical_groups(names, pair_diff)
@@ -552,6 +565,33 @@ def _style(i):
     return COLORS[i % n], MARKERS[(i + i // n) % len(MARKERS)]
 
 
+def _plot_metadata(fig, path: Path, panels) -> dict:
+    """What the drawn figure shows, read back from it: image size, every solver's colour and marker, and
+    per panel the axes and legend boxes (figure pixels, origin top-left, as in the PNG) and every point."""
+    from matplotlib.colors import to_hex
+    h = fig.bbox.height
+
+    def box(artist):
+        b = artist.get_window_extent()
+        return [round(b.x0, 1), round(h - b.y1, 1), round(b.x1, 1), round(h - b.y0, 1)]
+
+    meta = {"image": path.name, "size_px": [round(fig.bbox.width), round(h)], "solvers": {}, "panels": []}
+    for fam, cfg, ax, leg, lines in panels:
+        entry = {"family": fam, "cfg": cfg, "axes_px": box(ax), "legend_px": box(leg), "lines": []}
+        for (ln, g, sched, by_nfe), text in zip(lines, leg.get_texts()):
+            label = group_label(g)
+            info = {"color": to_hex(ln.get_color()), "marker": ln.get_marker(), "members": list(g)}
+            prev = meta["solvers"].setdefault(label, info)
+            assert prev == info, (label, prev, info)          # the same style in every panel
+            entry["lines"].append({
+                "solver": label, "schedule": sched, "legend": text.get_text(),
+                "color": info["color"], "marker": info["marker"],
+                "points": [{"nfe": int(xv), "error": float(yv), "schedule": sched, "steps": by_nfe[int(xv)]["steps"]}
+                           for xv, yv in ln.get_xydata()]})
+        meta["panels"].append(entry)
+    return meta
+
+
 def plot(comp: Comparison, path: Path):
     """The PNG (one panel per family × cfg, a line per solver row on its best schedule, the legend of
     each panel outside it) and ``<name>.json`` beside it, read back from the drawn figure: solver ->
@@ -560,7 +600,6 @@ def plot(comp: Comparison, path: Path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.colors import to_hex
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib, or the README's set-up command)",
               file=sys.stderr)
@@ -603,26 +642,7 @@ def plot(comp: Comparison, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     fig.canvas.draw()
-    h = fig.bbox.height
-
-    def box(artist):              # figure pixels, origin top-left, as in the PNG
-        b = artist.get_window_extent()
-        return [round(b.x0, 1), round(h - b.y1, 1), round(b.x1, 1), round(h - b.y0, 1)]
-
-    meta = {"image": path.name, "size_px": [round(fig.bbox.width), round(h)], "solvers": {}, "panels": []}
-    for fam, cfg, ax, leg, lines in panels:
-        entry = {"family": fam, "cfg": cfg, "axes_px": box(ax), "legend_px": box(leg), "lines": []}
-        for (ln, g, sched, by_nfe), text in zip(lines, leg.get_texts()):
-            label = group_label(g)
-            info = {"color": to_hex(ln.get_color()), "marker": ln.get_marker(), "members": list(g)}
-            prev = meta["solvers"].setdefault(label, info)
-            assert prev == info, (label, prev, info)          # the same style in every panel
-            entry["lines"].append({
-                "solver": label, "schedule": sched, "legend": text.get_text(),
-                "color": info["color"], "marker": info["marker"],
-                "points": [{"nfe": int(xv), "error": float(yv), "schedule": sched, "steps": by_nfe[int(xv)]["steps"]}
-                           for xv, yv in ln.get_xydata()]})
-        meta["panels"].append(entry)
+    meta = _plot_metadata(fig, path, panels)
     plt.close(fig)
     side = path.with_suffix(".json")
     tmp = side.with_name(side.name + ".tmp")

@@ -5,8 +5,8 @@
 other:
 
 * every deterministic solver of ``samplers.registry.SOLVERS``: the FewStep solver node and the widget
-  values that give exactly that solver, and the KSampler ``sampler_name`` entry when FewStep registers
-  one with the same options (``nodes/solvers.py`` KSAMPLER_SAMPLERS);
+  values that give exactly that solver (the spec's ``node`` / ``widgets``), and the KSampler
+  ``sampler_name`` entry when FewStep registers it (``samplers.registry.KSAMPLER``);
 * every schedule of ``schedules.SCHEDULE_NAMES``: the FewStepScheduler widgets, and the KSampler
   ``scheduler`` entry that gives the same sigmas (FewStep's ``fewstep_*`` entries of
   ``nodes/schedulers.py`` KSAMPLER_SCHEDULERS, or ComfyUI's own ``karras`` / ``exponential``, equal to
@@ -36,31 +36,14 @@ class ScheduleRecipe:
 SCHEDULER_NODE = "FewStepScheduler"
 CUSTOM_SAMPLER_NODE = "SamplerCustomAdvanced"
 
-_PP = dict(eta=1.0, s_noise=1.0, noise_type="brownian", lower_order_final=True)
-_EDM = dict(s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0)
+def _solver_recipes() -> dict:
+    from .samplers.registry import KSAMPLER, SOLVERS
+    return {n: SolverRecipe(spec.node, dict(spec.widgets), f"fewstep_{n}" if n in KSAMPLER else None)
+            for n, spec in SOLVERS.items() if not spec.stochastic}
 
-SOLVER_RECIPES: dict[str, SolverRecipe] = {
-    "euler": SolverRecipe("FewStepEDM", dict(method="euler", **_EDM), None),
-    "ddim": SolverRecipe("FewStepDDIM", dict(eta=0.0, s_noise=1.0), "fewstep_ddim"),
-    "dpmpp_2m": SolverRecipe("FewStepDPMSolverPP", dict(mode="2m", **_PP), "fewstep_dpmpp_2m"),
-    "dpmpp_3m": SolverRecipe("FewStepDPMSolverPP", dict(mode="3m", **_PP), "fewstep_dpmpp_3m"),
-    "dpmpp_2s": SolverRecipe("FewStepDPMSolverPP", dict(mode="2s", **_PP), "fewstep_dpmpp_2s"),
-    "dpm_solver_2": SolverRecipe("FewStepDPMSolver", dict(order=2), None),
-    "dpm_solver_3": SolverRecipe("FewStepDPMSolver", dict(order=3), None),
-    "unipc_bh1": SolverRecipe("FewStepUniPC", dict(variant="bh1", order=3, corrector=True, lower_order_final=True),
-                              "fewstep_unipc_bh1"),
-    "unipc_bh2": SolverRecipe("FewStepUniPC", dict(variant="bh2", order=3, corrector=True, lower_order_final=True),
-                              "fewstep_unipc_bh2"),
-    "deis_1": SolverRecipe("FewStepDEIS", dict(order=1), None),
-    "deis_2": SolverRecipe("FewStepDEIS", dict(order=2), None),
-    "deis_3": SolverRecipe("FewStepDEIS", dict(order=3), "fewstep_deis_3"),
-    "deis_4": SolverRecipe("FewStepDEIS", dict(order=4), "fewstep_deis_4"),
-    # the registry's pndm is the paper's pseudo Runge-Kutta warm-up; KSampler's fewstep_pndm is PLMS
-    # with the lower-order warm-up (another solver), so this one is the node only
-    "pndm": SolverRecipe("FewStepPNDM", dict(warmup="rk"), None),
-    "edm_heun": SolverRecipe("FewStepEDM", dict(method="heun", **_EDM), "fewstep_edm_heun"),
-    "edm_euler": SolverRecipe("FewStepEDM", dict(method="euler", **_EDM), None),
-}
+
+#: every deterministic solver of the registry: its node, widgets and KSampler entry (samplers/registry.py)
+SOLVER_RECIPES: dict[str, SolverRecipe] = _solver_recipes()
 
 SCHEDULE_RECIPES: dict[str, ScheduleRecipe] = {
     "karras": ScheduleRecipe(dict(schedule="karras", rho=7.0), "karras"),

@@ -100,3 +100,52 @@ def gate_step(total: int, gate_percent: float) -> int:
     if not (0.0 <= float(gate_percent) <= 1.0):
         raise ValueError(f"gate_percent must be in [0, 1], got {gate_percent}")
     return int(math.floor(float(gate_percent) * int(total) + 0.5))
+
+
+def steps_in_sigma_window(step_sigmas, sigma_hi: float, sigma_lo: float) -> list[bool]:
+    """Whether each step's starting sigma lies in (sigma_lo, sigma_hi] (a patch's start/end percent window,
+    converted to sigmas by the model)."""
+    return [bool(sigma_lo < float(s) <= sigma_hi) for s in step_sigmas]
+
+
+def cached_step_mask(total: int, full, window) -> list[bool]:
+    """DeepCache's cached steps: inside the window and not a full step."""
+    full = set(full)
+    return [bool(window[i]) and i not in full for i in range(total)]
+
+
+def self_attn_reuse(step: int, gate: int) -> bool:
+    """T-GATE's self-attention cache: after the gate, every other step (gate+1, gate+3, ...) reuses the
+    self-attention output computed on the step before."""
+    return step >= gate and (step - gate) % 2 == 1
+
+
+@dataclass(frozen=True)
+class UNetBlocks:
+    """A UNet's transformer counts per input block, in the middle block and per output block: where
+    DeepCache enters the decoder at a depth, and how many transformers a cached step skips (so
+    ComfyUI's ``transformer_index`` stays right for the blocks that run)."""
+    tf_in: tuple
+    tf_mid: int
+    tf_out: tuple
+
+    @property
+    def n_in(self) -> int:
+        return len(self.tf_in)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.tf_out)
+
+    @property
+    def max_depth(self) -> int:
+        return min(self.n_in, self.n_out) - 1
+
+    def entry_block(self, depth: int) -> int:
+        """The output block whose input (main branch) DeepCache caches at this depth."""
+        return self.n_out - 1 - depth
+
+    def skipped_transformers(self, depth: int) -> int:
+        """Transformers a cached step skips: input blocks after ``depth``, the middle block, and the output
+        blocks before the entry block."""
+        return sum(self.tf_in[depth + 1:]) + self.tf_mid + sum(self.tf_out[:self.entry_block(depth)])

@@ -87,12 +87,3 @@ def sigma_from_lam(lmb, family: str):
     if family == EPS:
         return math.exp(-lmb)
     return 1.0 / (1.0 + math.exp(lmb))
-
-
-def family_of_model_sampling(model_sampling) -> str:
-    """The family of a ComfyUI ``model_sampling`` object, read without importing ComfyUI:
-    flow when the class derives from ComfyUI's ``CONST`` noise type."""
-    for cls in type(model_sampling).__mro__:
-        if cls.__name__ == "CONST":
-            return FLOW
-    return EPS

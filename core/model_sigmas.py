@@ -77,10 +77,11 @@ class ModelSigmas:
         return ModelSigmas(families.FLOW, shift * t / (1 + (shift - 1) * t), name or f"flow_shift{shift:g}")
 
     @staticmethod
-    def from_model_sampling(model_sampling, name: str = "model") -> "ModelSigmas":
-        """From a ComfyUI ``model_sampling`` object (duck-typed: ``sigmas`` buffer and CONST class)."""
-        fam = families.family_of_model_sampling(model_sampling)
-        table = torch.as_tensor(model_sampling.sigmas).detach().to("cpu", torch.float64).flatten()
+    def from_table(family: str, sigmas, name: str = "model") -> "ModelSigmas":
+        """From a model's table of sigmas in any order (e.g. a ComfyUI ``model_sampling.sigmas`` buffer;
+        comfy_adapter.model_sigmas_of_sampling reads it)."""
+        fam = families.check_family(family)
+        table = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten()
         table = torch.sort(table).values
         # some grids repeat values at the ends; keep them strictly ascending
         keep = torch.cat([torch.tensor([True]), table[1:] > table[:-1]])
@@ -94,8 +95,6 @@ class ModelSigmas:
         table = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n, dtype=torch.float64))
         return ModelSigmas(family, table, name)
 
-    def fingerprint(self) -> str:
-        return f"{self.family}:{self.sigma_min:.6g}:{self.sigma_max:.6g}:{self.table.numel()}"
 
 
 #: relative slack when a file made for one model is checked against a model's sigma range (files hold

@@ -17,6 +17,9 @@ import logging
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
+from ..comfy_adapter import ksampler_sampler_names
+from ..samplers.registry import KSAMPLER
+
 log = logging.getLogger("FewStep")
 
 KSAMPLER_PREFIX = "KSampler: "
@@ -31,13 +34,11 @@ CACHE_SAFE = frozenset({"euler", "dpmpp_2m", "uni_pc", "uni_pc_bh2", "ipndm", "d
 CHECK_COMFY = ("euler", "dpmpp_2m", "uni_pc")
 CHECK_FEWSTEP = ("dpmpp_2m",)
 #: FewStep's solvers in the KSampler list, by the solver name they run
-_FEWSTEP_KSAMPLER = {"fewstep_dpmpp_2m": "dpmpp_2m", "fewstep_dpmpp_3m": "dpmpp_3m", "fewstep_dpmpp_2s": "dpmpp_2s",
-                     "fewstep_unipc_bh1": "unipc_bh1", "fewstep_unipc_bh2": "unipc_bh2", "fewstep_deis_3": "deis_3",
-                     "fewstep_pndm": "pndm", "fewstep_ddim": "ddim", "fewstep_edm_heun": "edm_heun"}
+_FEWSTEP_KSAMPLER = {f"fewstep_{n}": n for n in KSAMPLER}
 
 
 def ksampler_names() -> list:
-    return list(comfy.samplers.SAMPLER_NAMES)
+    return ksampler_sampler_names()
 
 
 def align_choices(fewstep_names: tuple, none_label: str) -> list:
@@ -56,6 +57,13 @@ def align_id(align_to: str) -> str | None:
     if align_to.startswith(KSAMPLER_PREFIX):
         return sampler_id(align_to[len(KSAMPLER_PREFIX):])
     return "fewstep:" + align_to
+
+
+def canonical(sid: str) -> str:
+    """An id as this version spells it: files written before fewstep_deis_4 was known as FewStep's say
+    ``comfyui:fewstep_deis_4``."""
+    kind, _, name = sid.partition(":")
+    return sampler_id(name) if kind == "comfyui" else sid
 
 
 def describe(sid: str) -> str:
@@ -112,7 +120,7 @@ def comfy_solver(name: str, model_k, extra: dict):
     """ComfyUI's sampler ``name`` (a KSampler-list name) as ``solve(model, x, sigmas)``: the function and
     options of ``comfy.samplers.sampler_object(name)`` -- the KSAMPLER a KSampler runs -- on the
     optimizer's denoiser, from x (already at sigmas[0]: the teacher pairs' start, so no noise scaling)."""
-    if name not in comfy.samplers.SAMPLER_NAMES:
+    if name not in ksampler_sampler_names():
         raise ValueError(f"{name!r} is not in ComfyUI's KSampler list")
     sampler = comfy.samplers.sampler_object(name)
     fn, opts = sampler.sampler_function, dict(sampler.extra_options)
@@ -152,7 +160,7 @@ def check_sampler(meta: dict, name: str, used: str | None, where: str) -> str | 
     """Warn once (log and node) when the saved schedule ``name`` (metadata ``meta``) is used with the sampler
     ``used`` (an id) but was aligned to another. Returns the warning, or None."""
     sid = meta.get("aligned_sampler")
-    if not sid or used is None or used == sid:
+    if not sid or used is None or canonical(used) == canonical(sid):
         return None
     text = (f"FewStep: saved AYS schedule {name} was aligned to {describe(sid)}, but {where} samples it with "
             f"{describe(used)}: the schedule is fitted to its solver and may be worse (even unsafe) with another; "

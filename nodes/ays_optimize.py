@@ -18,13 +18,15 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 
-from ..core import families
 from ..core.io import atomic_save, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
 from . import ays_align
-from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
-from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
+from ..core.validate import check_int
+from ..comfy_adapter import family_of_k_model, is_discrete as _is_discrete_sampling, model_sampling_of, model_sigmas_of
+from .common import model_fingerprint, sigmas_out
+from ..schedules.ays_file import AYS_FORMAT
+from .schedulers import AYS_FOLDER, register_folder
 
 log = logging.getLogger("FewStep")
 
@@ -57,9 +59,7 @@ DEFAULT_LATENT_HW = (64, 64)
 
 
 def _int(value, lo, hi, widget):
-    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ValueError(f"{NODE}: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
-    return value
+    return check_int(value, lo, hi, widget, NODE)
 
 
 def check_name(name) -> str:
@@ -112,8 +112,7 @@ def data_from_latent(model, latent_image, samples: int):
 
 def is_discrete(model) -> bool:
     """Networks of discrete EPS models (SD1.x, SDXL) take integer timesteps: round to their grid."""
-    ms = model_sampling_of(model)
-    return families.family_of_model_sampling(ms) == families.EPS and "Continuous" not in type(ms).__name__
+    return _is_discrete_sampling(model_sampling_of(model))
 
 
 class FewStepAYSOptimize:
@@ -182,29 +181,8 @@ class FewStepAYSOptimize:
 
     def optimize(self, model, positive, negative, cfg, steps, iterations, samples, seed, name, latent_image=None,
                  align_to=DEFAULT_ALIGN):
-        steps = _int(steps, *STEPS_RANGE, "steps")
-        iterations = _int(iterations, *ITERATIONS_RANGE, "iterations")
-        if isinstance(samples, int) and not isinstance(samples, bool) and samples < SAMPLES_RANGE[0]:
-            raise ValueError(f"{NODE}: samples is {samples}: too few for a Monte-Carlo estimate (and its standard "
-                             f"error); use at least {SAMPLES_RANGE[0]} (16-64 is typical)")
-        samples = _int(samples, *SAMPLES_RANGE, "samples")
-        if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
-            raise ValueError(f"{NODE}: cfg must be in [0, 100], got {cfg!r}")
-        seed = fold_seed(_int(seed, 0, 0xffffffffffffffff, "seed"))  # every stage gets this one value
-        name = check_name(name)
-        if name:  # before the long run: a folder of that name cannot be replaced
-            check_save_target(os.path.join(schedule_dir(), name + ".safetensors"), f"{NODE}: name")
-        choices = align_choices()
-        if not isinstance(align_to, str) or align_to not in choices:
-            raise ValueError(f"{NODE}: align_to must be one of {choices}, got {align_to!r}")
-        align = None if align_to == ALIGN_NONE else align_to
-        comfy_name = align_to[len(ays_align.KSAMPLER_PREFIX):] if align_to.startswith(ays_align.KSAMPLER_PREFIX) \
-            else None
-        if align is not None and samples < core.ALIGN_MIN_PAIRS:
-            raise ValueError(f"{NODE}: samples is {samples}, but align_to {align_to} needs at least "
-                             f"{core.ALIGN_MIN_PAIRS} teacher samples (with fewer it fits them and samples other "
-                             f"seeds worse): raise samples to {core.ALIGN_MIN_PAIRS} or more, or set align_to to "
-                             f"\"{ALIGN_NONE}\"")
+        steps, iterations, samples, seed, name, align, comfy_name = _checked_inputs(
+            cfg, steps, iterations, samples, seed, name, align_to)
         x0_data, size = data_from_latent(model, latent_image, samples)
         ms = model_sigmas_of(model)
         shape = (latent_channels(model),) + tuple(size)
@@ -230,25 +208,11 @@ class FewStepAYSOptimize:
                 # a ComfyUI sampler passes its extra_args (a cfg_pp one its own model_options): use them
                 return model_k(xb, sig.to(xb.device, xb.dtype), **(kw or extra))
 
-            dev = x.device
-            first = -(-n_teacher // BATCH)
-            x_T, x_teacher = core.teacher_samples(
-                denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
-                device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-                progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
-            h_T, h_teacher = core.teacher_samples(
-                denoiser, ms, HOLDOUT_PAIRS, shape, seed=holdout_seed(seed), teacher_steps=TEACHER_STEPS,
-                batch_size=BATCH, device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-                progress=lambda done, total: pbar.update_absolute(first + -(-done // BATCH)))
-            x0 = x_teacher if x0_data is None else x0_data.to(dev, torch.float32)
+            x_T, x_teacher, h_T, h_teacher = _teacher_pairs(denoiser, ms, n_teacher, shape, seed, x.device,
+                                                            interrupt, pbar)
+            x0 = x_teacher if x0_data is None else x0_data.to(x.device, torch.float32)
             validation = (x_T[:n_val], x_teacher[:n_val])
-            if comfy_name is not None:
-                solver = ays_align.comfy_solver(comfy_name, model_k, extra)
-                cache = comfy_name in ays_align.CACHE_SAFE
-            else:
-                solver, cache = None, None
-            checks = {f"ComfyUI {n}": ays_align.comfy_solver(n, model_k, extra) for n in ays_align.CHECK_COMFY}
-            checks.update({f"FewStep {n}": core._solver_fn(n, fam) for n in ays_align.CHECK_FEWSTEP})
+            solver, cache, checks = _solvers(comfy_name, model_k, extra, fam)
             got["result"] = core.optimize_ays(
                 denoiser, x0, ms, steps=steps, iterations=iterations, seed=seed, discrete=is_discrete(model),
                 batch_size=BATCH, validation=validation, progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
@@ -263,22 +227,81 @@ class FewStepAYSOptimize:
         noise = torch.zeros_like(latent)
         comfy.sample.sample_custom(model, noise, float(cfg), comfy.samplers.KSAMPLER(run), start, positive,
                                    negative, latent, disable_pbar=True, seed=seed)
-        res = got["result"]
         aligned = None if align is None else ays_align.align_id(align_to)
-        report = report_text(res, aligned)
-        summary = summary_text(res, aligned)
-        log.info("FewStep AYS optimise: %s\n%s", summary, report)
-        if name:
-            path = save_schedule(res, name, model, cfg=float(cfg), seed=seed, samples=samples, iterations=iterations,
-                                 align_to=align_to, aligned_sampler=aligned or "",
-                                 data="latent_image" if x0_data is not None else "teacher")
-            log.info("FewStep: saved the AYS schedule to %s", path)
-            report += f"\nsaved to {path}"
-        ays_align.show_on_node(summary)
-        out = sigmas_out(res.sigmas)
-        # "ui": the graph editor draws the optimised schedule on the node (js/fewstep_preview.js); "text":
-        # the summary (also shown on the node as progress text)
-        return {"ui": {"fewstep_sigmas": [float(v) for v in out], "text": [summary]}, "result": (out, report)}
+        return _finish(got["result"], aligned, name, model, float(cfg), seed, samples, iterations, align_to,
+                       "latent_image" if x0_data is not None else "teacher")
+
+
+def _checked_inputs(cfg, steps, iterations, samples, seed, name, align_to):
+    """The node's widgets, checked (errors name the widget and its range), before the long run:
+    (steps, iterations, samples, seed, name, align, comfy_name)."""
+    steps = _int(steps, *STEPS_RANGE, "steps")
+    iterations = _int(iterations, *ITERATIONS_RANGE, "iterations")
+    if isinstance(samples, int) and not isinstance(samples, bool) and samples < SAMPLES_RANGE[0]:
+        raise ValueError(f"{NODE}: samples is {samples}: too few for a Monte-Carlo estimate (and its standard "
+                         f"error); use at least {SAMPLES_RANGE[0]} (16-64 is typical)")
+    samples = _int(samples, *SAMPLES_RANGE, "samples")
+    if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
+        raise ValueError(f"{NODE}: cfg must be in [0, 100], got {cfg!r}")
+    seed = fold_seed(_int(seed, 0, 0xffffffffffffffff, "seed"))  # every stage gets this one value
+    name = check_name(name)
+    if name:  # before the long run: a folder of that name cannot be replaced
+        check_save_target(os.path.join(schedule_dir(), name + ".safetensors"), f"{NODE}: name")
+    choices = align_choices()
+    if not isinstance(align_to, str) or align_to not in choices:
+        raise ValueError(f"{NODE}: align_to must be one of {choices}, got {align_to!r}")
+    align = None if align_to == ALIGN_NONE else align_to
+    comfy_name = align_to[len(ays_align.KSAMPLER_PREFIX):] if align_to.startswith(ays_align.KSAMPLER_PREFIX) \
+        else None
+    if align is not None and samples < core.ALIGN_MIN_PAIRS:
+        raise ValueError(f"{NODE}: samples is {samples}, but align_to {align_to} needs at least "
+                         f"{core.ALIGN_MIN_PAIRS} teacher samples (with fewer it fits them and samples other "
+                         f"seeds worse): raise samples to {core.ALIGN_MIN_PAIRS} or more, or set align_to to "
+                         f"\"{ALIGN_NONE}\"")
+    return steps, iterations, samples, seed, name, align, comfy_name
+
+
+def _teacher_pairs(denoiser, ms, n_teacher, shape, seed, dev, interrupt, pbar):
+    """(x_T, x_teacher) of the fitted pairs and (h_T, h_teacher) of the held-out pairs."""
+    first = -(-n_teacher // BATCH)
+    x_T, x_teacher = core.teacher_samples(
+        denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
+        device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
+        progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
+    h_T, h_teacher = core.teacher_samples(
+        denoiser, ms, HOLDOUT_PAIRS, shape, seed=holdout_seed(seed), teacher_steps=TEACHER_STEPS,
+        batch_size=BATCH, device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
+        progress=lambda done, total: pbar.update_absolute(first + -(-done // BATCH)))
+    return x_T, x_teacher, h_T, h_teacher
+
+
+def _solvers(comfy_name, model_k, extra, fam):
+    """(the solver to align to or None for FewStep's, whether its prefix cache is exact, the check solvers)."""
+    if comfy_name is not None:
+        solver = ays_align.comfy_solver(comfy_name, model_k, extra)
+        cache = comfy_name in ays_align.CACHE_SAFE
+    else:
+        solver, cache = None, None
+    checks = {f"ComfyUI {n}": ays_align.comfy_solver(n, model_k, extra) for n in ays_align.CHECK_COMFY}
+    checks.update({f"FewStep {n}": core._solver_fn(n, fam) for n in ays_align.CHECK_FEWSTEP})
+    return solver, cache, checks
+
+
+def _finish(res, aligned, name, model, cfg, seed, samples, iterations, align_to, data):
+    """Report, save (with a name) and the node's output."""
+    report = report_text(res, aligned)
+    summary = summary_text(res, aligned)
+    log.info("FewStep AYS optimise: %s\n%s", summary, report)
+    if name:
+        path = save_schedule(res, name, model, cfg=cfg, seed=seed, samples=samples, iterations=iterations,
+                             align_to=align_to, aligned_sampler=aligned or "", data=data)
+        log.info("FewStep: saved the AYS schedule to %s", path)
+        report += f"\nsaved to {path}"
+    ays_align.show_on_node(summary)
+    out = sigmas_out(res.sigmas)
+    # "ui": the graph editor draws the optimised schedule on the node (js/fewstep_preview.js); "text":
+    # the summary (also shown on the node as progress text)
+    return {"ui": {"fewstep_sigmas": [float(v) for v in out], "text": [summary]}, "result": (out, report)}
 
 
 def holdout_seed(seed: int) -> int:

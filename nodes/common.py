@@ -1,46 +1,7 @@
-"""Small helpers shared by the node modules: reading ComfyUI objects into FewStep's core types."""
+"""Small helpers shared by the node modules (ComfyUI's internals: ../comfy_adapter.py)."""
 import torch
 
-from ..core import families
-from ..core.model_sigmas import ModelSigmas
-
-
-def model_sampling_of(model):
-    """The ``model_sampling`` of a ComfyUI MODEL (ModelPatcher), honouring patches that replace it."""
-    return model.get_model_object("model_sampling")
-
-
-def model_sigmas_of(model) -> ModelSigmas:
-    return ModelSigmas.from_model_sampling(model_sampling_of(model), name=type(model.model).__name__)
-
-
-def family_of(model) -> str:
-    return families.family_of_model_sampling(model_sampling_of(model))
-
-
-def model_sampling_of_k_model(k_model):
-    """The ``model_sampling`` inside a sampler function, from the k-diffusion model wrapper ComfyUI
-    passes (``KSamplerX0Inpaint`` -> CFGGuider wrapper -> ``model_patcher``)."""
-    inner = getattr(k_model, "inner_model", None)
-    patcher = getattr(inner, "model_patcher", None)
-    if patcher is not None:
-        return patcher.get_model_object("model_sampling")
-    ms = getattr(getattr(inner, "inner_model", None), "model_sampling", None)
-    if ms is not None:
-        return ms
-    raise RuntimeError("FewStep: cannot find the model's model_sampling to tell eps from flow")
-
-
-def family_of_k_model(k_model) -> str:
-    """The family inside a sampler function (see :func:`model_sampling_of_k_model`)."""
-    return families.family_of_model_sampling(model_sampling_of_k_model(k_model))
-
-
-def interrupt_check():
-    """ComfyUI's Cancel as a callable for long pure computations (schedules/ never imports ComfyUI):
-    it raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
-    import comfy.model_management
-    return comfy.model_management.throw_exception_if_processing_interrupted
+from ..comfy_adapter import family_of_model_sampling, model_sampling_of
 
 
 def sigmas_out(sigmas) -> torch.Tensor:
@@ -58,7 +19,7 @@ def model_fingerprint(model) -> str:
     base = model.model
     h.update(type(base).__name__.encode())
     ms = model_sampling_of(model)
-    h.update(families.family_of_model_sampling(ms).encode())
+    h.update(family_of_model_sampling(ms).encode())
     h.update(torch.as_tensor(ms.sigmas).detach().to("cpu", torch.float64).numpy().tobytes())
     mixture = getattr(base, "mixture", None)
     if mixture is not None:  # the analytic model

@@ -34,8 +34,11 @@ from ..core.io import ProfileError, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..samplers import olss as core
 from ..schedules import SCHEDULE_NAMES, get_schedule
-from ..core.model_sigmas import ModelSigmas, within_range
-from .common import family_of_k_model, model_fingerprint, model_sampling_of_k_model, model_sigmas_of, sigmas_out
+from ..core.model_sigmas import within_range
+from ..core.validate import check_int
+from ..comfy_adapter import (register_models_folder, family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
+                             patcher_of_k_model, model_sigmas_of, model_sigmas_of_sampling)
+from .common import model_fingerprint, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -75,9 +78,7 @@ MAX_KEEP_BYTES = 8 * 2**30
 
 def register_with_comfyui():
     """Register the ``fewstep_olss`` models folder (only if no one has, e.g. extra_model_paths.yaml)."""
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)],
-                                                      {".safetensors"})
+    register_models_folder(FOLDER)
 
 
 def profile_dir() -> str:
@@ -103,9 +104,7 @@ def teacher_function(name: str):
 
 
 def _check_int(value, lo, hi, widget):
-    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ValueError(f"FewStepOLSSTrain: {widget} must be a whole number in [{lo}, {hi}], got {value!r}")
-    return value
+    return check_int(value, lo, hi, widget, "FewStepOLSSTrain")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,28 +177,8 @@ class FewStepOLSSTrain:
     def train(self, model, positive, negative, latent_image, cfg, teacher, teacher_steps, teacher_schedule, steps,
               samples, seed, path_planning, name, ridge=0.0, closed_loop=False, select_on_heldout=True,
               heldout_runs=4):
-        name = check_file_stem(name, "FewStepOLSSTrain: name")
-        if not name:
-            raise ValueError("FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
-                             "or spaces (no folders); it is empty")
-        # before the long run: a folder of that name cannot be replaced by the profile
-        save_path = check_save_target(os.path.join(profile_dir(), name + ".safetensors"), "FewStepOLSSTrain: name")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xffffffffffffffff:
-            raise ValueError(f"FewStepOLSSTrain: seed must be a whole number in [0, {0xffffffffffffffff}], got {seed!r}")
-        seed = fold_seed(seed)  # once, here: the teacher runs use seed, seed + 1, ... (at most 2^63 + 255)
-        teacher_steps = _check_int(teacher_steps, *TEACHER_STEPS_RANGE, "teacher_steps")
-        steps = _check_int(steps, 4, 20, "steps")
-        samples = _check_int(samples, *SAMPLES_RANGE, "samples")
-        if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
-            raise ValueError(f"FewStepOLSSTrain: cfg must be in [0, 100], got {cfg!r}")
-        if teacher_schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"FewStepOLSSTrain: teacher_schedule must be one of {SCHEDULE_NAMES}, got "
-                             f"{teacher_schedule!r}")
-        if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and 0 <= ridge <= 1):
-            raise ValueError(f"FewStepOLSSTrain: ridge must be in [0, 1], got {ridge!r}")
-        if not isinstance(select_on_heldout, bool):
-            raise ValueError(f"FewStepOLSSTrain: select_on_heldout must be true or false, got {select_on_heldout!r}")
-        heldout_runs = _check_int(heldout_runs, *HELDOUT_RANGE, "heldout_runs")
+        name, save_path, seed, teacher_steps, steps, samples, heldout_runs = _train_inputs(
+            name, seed, teacher_steps, steps, samples, cfg, teacher_schedule, ridge, select_on_heldout, heldout_runs)
         teacher_fn = teacher_function(teacher)
         ms = model_sigmas_of(model)
         teacher_sigmas = get_schedule(teacher_schedule, teacher_steps, ms,
@@ -222,56 +201,16 @@ class FewStepOLSSTrain:
             interrupt()
             pbar.update(1)
 
-        qr = core.TrajectoryQR(teacher_steps)
-        kept = []
-        for s in range(samples):
-            interrupt()
-            record = {}
-
-            def recorder(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
-                fam = family_of_k_model(model_k)
-                st, out = core.record_trajectory(model_k, x, sigmas, functools.partial(teacher_fn, family=fam),
-                                                 extra_args, callback=on_step)
-                record["states"], record["outputs"] = st, out
-                return st[-1].to(x.device, x.dtype)
-
-            noise = comfy.sample.prepare_noise(latent, seed + s)
-            comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(recorder), sigmas_c, positive,
-                                       negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=seed + s)
-            qr.add(record["states"], record["outputs"], check_interrupt=interrupt)
-            if closed_loop:
-                kept.append(record["states"])
-            del record
-            pbar.update(1)
+        qr, kept = _record_teacher(model, positive, negative, latent, noise_mask, cfg, sigmas_c, teacher_fn,
+                                   teacher_steps, samples, seed, closed_loop, on_step, interrupt, pbar)
         family = ms.family
         prof = core.fit_profile(qr, sigmas_c.to(torch.float64), steps, family, bool(path_planning),
                                 ridge=float(ridge), check_interrupt=interrupt, teacher=f"{teacher} x{teacher_steps} {teacher_schedule}",
                                 cfg=float(cfg), model_fingerprint=model_fingerprint(model), name=name)
         pbar.update(1)
         if closed_loop:
-            def denoise(r, x, j):
-                got = {}
-
-                def one_call(model_k, x_in, sigmas, extra_args=None, callback=None, disable=None):
-                    xx = x.to(x_in.device, x_in.dtype)
-                    got["d"] = model_k(xx, sigmas[0] * xx.new_ones([xx.shape[0]]), **(extra_args or {}))
-                    return x_in
-
-                one = torch.stack([prof.sigmas[j], prof.sigmas.new_zeros(())]).float()
-                noise = comfy.sample.prepare_noise(latent, seed + r)
-                comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(one_call), one, positive,
-                                           negative, latent, noise_mask=noise_mask, disable_pbar=True,
-                                           seed=seed + r)
-                return got["d"].detach().to("cpu")
-
-            def tick():
-                interrupt()
-                pbar.update(1)
-
-            wx, we, err = core.closed_loop_refit(prof.wx, prof.we, [st[0] for st in kept],
-                                                 [core.path_targets(prof, st) for st in kept], denoise,
-                                                 float(ridge), check_interrupt=interrupt, on_call=tick)
-            prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
+            prof = _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg, seed, ridge,
+                                interrupt, pbar)
             del kept
         selection = ""
         if select_on_heldout:
@@ -355,15 +294,14 @@ def check_profile_for_model(model_k, profile: core.OLSSProfile):
     if fam != profile.family:
         raise ValueError(f"{label} was trained on a {profile.family} model, but this model is {fam}: "
                          "train a profile on this model (FewStep OLSS Train)")
-    ms = ModelSigmas.from_model_sampling(model_sampling_of_k_model(model_k))
+    ms = model_sigmas_of_sampling(model_sampling_of_k_model(model_k))
     positive = profile.sigmas[profile.sigmas > 0]
     top, bottom = float(profile.sigmas[0]), float(positive.min())
     if not within_range(bottom, top, ms):
         raise ValueError(f"{label} steps through sigmas [{bottom:.6g}, {top:.6g}], outside this model's range "
                          f"[{ms.sigma_min:.6g}, {ms.sigma_max:.6g}]: it was trained on another model; train a "
                          "profile on this model (FewStep OLSS Train)")
-    guider = getattr(model_k, "inner_model", None)
-    patcher = getattr(guider, "model_patcher", None)
+    guider, patcher = guider_of_k_model(model_k), patcher_of_k_model(model_k)
     fp = None
     if patcher is not None and profile.model_fingerprint:
         try:
@@ -444,3 +382,86 @@ NODE_CLASS_MAPPINGS = {"FewStepOLSSTrain": FewStepOLSSTrain, "FewStepOLSSSampler
 NODE_DISPLAY_NAME_MAPPINGS = {"FewStepOLSSTrain": "FewStep OLSS Train",
                               "FewStepOLSSSampler": "FewStep OLSS Sampler"}
 __all__ = ["ProfileError"]
+
+
+def _train_inputs(name, seed, teacher_steps, steps, samples, cfg, teacher_schedule, ridge, select_on_heldout,
+                  heldout_runs):
+    """FewStepOLSSTrain's widgets, checked before the long run (errors name the widget and its range)."""
+    name = check_file_stem(name, "FewStepOLSSTrain: name")
+    if not name:
+        raise ValueError("FewStepOLSSTrain: name must be 1-100 characters of letters, digits, '_', '-', '.' "
+                         "or spaces (no folders); it is empty")
+    # before the long run: a folder of that name cannot be replaced by the profile
+    save_path = check_save_target(os.path.join(profile_dir(), name + ".safetensors"), "FewStepOLSSTrain: name")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xffffffffffffffff:
+        raise ValueError(f"FewStepOLSSTrain: seed must be a whole number in [0, {0xffffffffffffffff}], got {seed!r}")
+    seed = fold_seed(seed)  # once, here: the teacher runs use seed, seed + 1, ... (at most 2^63 + 255)
+    teacher_steps = _check_int(teacher_steps, *TEACHER_STEPS_RANGE, "teacher_steps")
+    steps = _check_int(steps, 4, 20, "steps")
+    samples = _check_int(samples, *SAMPLES_RANGE, "samples")
+    if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and 0 <= cfg <= 100):
+        raise ValueError(f"FewStepOLSSTrain: cfg must be in [0, 100], got {cfg!r}")
+    if teacher_schedule not in SCHEDULE_NAMES:
+        raise ValueError(f"FewStepOLSSTrain: teacher_schedule must be one of {SCHEDULE_NAMES}, got "
+                         f"{teacher_schedule!r}")
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and 0 <= ridge <= 1):
+        raise ValueError(f"FewStepOLSSTrain: ridge must be in [0, 1], got {ridge!r}")
+    if not isinstance(select_on_heldout, bool):
+        raise ValueError(f"FewStepOLSSTrain: select_on_heldout must be true or false, got {select_on_heldout!r}")
+    heldout_runs = _check_int(heldout_runs, *HELDOUT_RANGE, "heldout_runs")
+    return name, save_path, seed, teacher_steps, steps, samples, heldout_runs
+
+
+def _record_teacher(model, positive, negative, latent, noise_mask, cfg, sigmas_c, teacher_fn, teacher_steps,
+                    samples, seed, closed_loop, on_step, interrupt, pbar):
+    """Every teacher trajectory, folded into a TrajectoryQR; (qr, the kept states for closed_loop)."""
+    qr = core.TrajectoryQR(teacher_steps)
+    kept = []
+    for s in range(samples):
+        interrupt()
+        record = {}
+
+        def recorder(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+            fam = family_of_k_model(model_k)
+            st, out = core.record_trajectory(model_k, x, sigmas, functools.partial(teacher_fn, family=fam),
+                                             extra_args, callback=on_step)
+            record["states"], record["outputs"] = st, out
+            return st[-1].to(x.device, x.dtype)
+
+        noise = comfy.sample.prepare_noise(latent, seed + s)
+        comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(recorder), sigmas_c, positive,
+                                   negative, latent, noise_mask=noise_mask, disable_pbar=True, seed=seed + s)
+        qr.add(record["states"], record["outputs"], check_interrupt=interrupt)
+        if closed_loop:
+            kept.append(record["states"])
+        del record
+        pbar.update(1)
+    return qr, kept
+
+
+def _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg, seed, ridge, interrupt, pbar):
+    """The closed-loop refit: the coefficients refitted on the student's own states."""
+    def denoise(r, x, j):
+        got = {}
+
+        def one_call(model_k, x_in, sigmas, extra_args=None, callback=None, disable=None):
+            xx = x.to(x_in.device, x_in.dtype)
+            got["d"] = model_k(xx, sigmas[0] * xx.new_ones([xx.shape[0]]), **(extra_args or {}))
+            return x_in
+
+        one = torch.stack([prof.sigmas[j], prof.sigmas.new_zeros(())]).float()
+        noise = comfy.sample.prepare_noise(latent, seed + r)
+        comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(one_call), one, positive,
+                                   negative, latent, noise_mask=noise_mask, disable_pbar=True,
+                                   seed=seed + r)
+        return got["d"].detach().to("cpu")
+
+    def tick():
+        interrupt()
+        pbar.update(1)
+
+    wx, we, err = core.closed_loop_refit(prof.wx, prof.we, [st[0] for st in kept],
+                                         [core.path_targets(prof, st) for st in kept], denoise,
+                                         float(ridge), check_interrupt=interrupt, on_call=tick)
+    prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
+    return prof

@@ -6,17 +6,21 @@ from ..patches.tgate import apply_tgate
 CATEGORY = "sampling/fewstep/patches"
 
 
-class FewStepDeepCache:
+class _PatchNode:
+    """What every patch node shares: MODEL in, a patched copy out."""
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "patch"
+
+
+class FewStepDeepCache(_PatchNode):
     DESCRIPTION = ("DeepCache: on full steps the whole UNet runs and its deep feature is cached; on the steps "
                    "in between only the shallow blocks run, reusing that feature. About N times fewer full "
                    "UNet passes for cache_interval N. UNets (SD1.x, SD2.x, SDXL, SVD) and DiTs (Flux, SD3/SD3.5, "
                    "Wan 2.x, Qwen-Image): on a DiT the first and last blocks run every step and the middle blocks' "
                    "residual is reused on cached steps. PixArt is refused (it has no block hook).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with DeepCache; the input model is unchanged.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -59,17 +63,13 @@ class FewStepDeepCache:
                                 dit_leading_blocks, dit_trailing_blocks),)
 
 
-class FewStepTGate:
+class FewStepTGate(_PatchNode):
     DESCRIPTION = ("T-GATE: after the gate step, cross-attention output is cached (mean of cond and uncond) and "
                    "reused, and the unconditional batch is dropped from the model call. Before the gate nothing "
                    "changes. UNets; on DiTs the uncond drop applies everywhere (Flux, SD3/SD3.5, Wan 2.x, PixArt, "
                    "Qwen-Image) and cross-attention caching where the model has a hookable text cross-attention "
                    "(Wan 2.x); joint-attention models (Flux, SD3, Qwen-Image) have none to cache.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with T-GATE; the input model is unchanged.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -89,15 +89,11 @@ class FewStepTGate:
         return (apply_tgate(model, gate_percent, self_attn_cache),)
 
 
-class FewStepFreeU:
+class FewStepFreeU(_PatchNode):
     DESCRIPTION = ("FreeU: re-weights the UNet decoder's backbone features (b) and damps the low frequencies "
                    "of its skip features (s) in the first two decoder stages. Version 2 scales the backbone "
                    "by a structure-aware map. Presets are the FreeU authors' recommended values.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("A copy of the model with FreeU; the input model is unchanged.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -6,7 +6,7 @@ import torch
 
 from ..core import results
 from .analytic import AnalyticBaseModel
-from .common import model_sampling_of
+from ..comfy_adapter import model_sampling_of
 
 REFERENCE_STEPS = 500  # RK4 steps of the exact solve: ~1e-7 from a 2000-step solve on the examples
 

@@ -33,11 +33,11 @@ import asyncio
 import logging
 import math
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..comfy_adapter import prompt_server
 from ..core import families
 from ..core.model_sigmas import ModelSigmas, check_sigma_range
 from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
@@ -266,15 +266,9 @@ async def _handle_sigmas(request):
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-def _prompt_server():
-    srv = sys.modules.get("server")  # ComfyUI's server module; never imported here
-    cls = getattr(srv, "PromptServer", None)
-    return getattr(cls, "instance", None)
-
-
 def register_with_comfyui():
     """Add ``GET /fewstep/sigmas`` to ComfyUI's routes (only under a running PromptServer). Idempotent."""
-    inst = _prompt_server()
+    inst = prompt_server()
     if inst is None:
         return False
     routes = inst.routes
@@ -284,6 +278,3 @@ def register_with_comfyui():
     routes.get(ROUTE)(_handle_sigmas)
     return True
 
-
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -5,11 +5,10 @@ import os
 import folder_paths
 
 from ..core.io import ProfileError
-from ..core.model_sigmas import ModelSigmas
 from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
-from ..schedules.ays_file import AYS_FORMAT, load_ays_schedule
-from .common import interrupt_check, model_fingerprint, model_sigmas_of, sigmas_out
-from .registry import register_scheduler
+from ..schedules.ays_file import load_ays_schedule
+from ..comfy_adapter import interrupt_check, register_models_folder, model_sigmas_of, model_sigmas_of_sampling, register_scheduler
+from .common import model_fingerprint, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -17,11 +16,7 @@ AYS_FOLDER = "fewstep_ays"
 NONE = "none"
 
 
-def register_folder(name: str):
-    """Register ``models/<name>`` with folder_paths for .safetensors files, append-only."""
-    if name in folder_paths.folder_names_and_paths:
-        return
-    folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+register_folder = register_models_folder
 
 
 def saved_ays_names():
@@ -168,14 +163,14 @@ class FewStepScheduler:
 # --- KSampler scheduler list ---------------------------------------------------------------------
 def _ksampler_handler(name, **kw):
     def handler(model_sampling, steps):
-        ms = ModelSigmas.from_model_sampling(model_sampling)
+        ms = model_sigmas_of_sampling(model_sampling)
         return sigmas_out(get_schedule(name, steps, ms, 1.0, check_interrupt=interrupt_check(), **kw))
     return handler
 
 
 def _ays_handler(model_type):
     def handler(model_sampling, steps):
-        return sigmas_out(ays_sigmas(model_type, steps, 1.0, ModelSigmas.from_model_sampling(model_sampling)))
+        return sigmas_out(ays_sigmas(model_type, steps, 1.0, model_sigmas_of_sampling(model_sampling)))
     return handler
 
 
@@ -187,7 +182,7 @@ def _saved_ays_handler(model_sampling, steps):
     """``fewstep_ays_optimized``: models/fewstep_ays/ays_optimized.safetensors (FewStepAYSOptimize's default
     name) in KSampler; warns once when KSampler's sampler is not the one it was aligned to."""
     from . import ays_align
-    ms = ModelSigmas.from_model_sampling(model_sampling)
+    ms = model_sigmas_of_sampling(model_sampling)
     if folder_paths.get_full_path(AYS_FOLDER, SAVED_KSAMPLER_FILE) is None:
         raise ValueError(f"KSampler scheduler fewstep_ays_optimized: no {SAVED_KSAMPLER_FILE} in models/{AYS_FOLDER}; "
                          "run FewStep AYS Optimize with name ays_optimized first")

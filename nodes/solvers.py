@@ -13,39 +13,21 @@ The same seed therefore gives the same noise as ComfyUI's built-in samplers:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
+from .. import samplers as S
+from ..core.validate import check_bool, check_choice, check_float, check_int
 from ..samplers._common import check_sigmas
-from .common import family_of_k_model
-from .registry import register_sampler
+from ..samplers.noise import NOISE_TYPES
+from ..samplers.registry import KSAMPLER_ENTRIES
+from ..comfy_adapter import family_of_k_model, register_sampler
 
 log = logging.getLogger("FewStep")
 
 CATEGORY = "sampling/fewstep/samplers"
-NOISE_TYPES = ("brownian", "gaussian")
-
-
-# ------------------------------------------------------------------------------------------------
-# resolving the pure solver functions (samplers/ is torch-only; looked up lazily by name)
-def solver_fn(module: str, name: str):
-    """``fewstep.samplers.<module>.<name>``, or None when that solver is not available."""
-    try:
-        mod = importlib.import_module(f"..samplers.{module}", __package__)
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
-
-
-def _require(module: str, name: str, node: str):
-    fn = solver_fn(module, name)
-    if fn is None:
-        raise RuntimeError(f"{node}: the solver samplers/{module}.py:{name} is not available in this "
-                           "FewStep install")
-    return fn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,9 +49,9 @@ def comfy_noise_sampler(kind: str, x, sigmas, seed):
     raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {kind!r}")
 
 
-def make_sampler_function(module: str, name: str, node: str, noise: str | None = None, **fixed):
-    """A k-diffusion sampler function for KSAMPLER / KSampler's list, calling
-    ``samplers/<module>.py:<name>`` with the model's family and ``fixed`` + per-call options.
+def make_sampler_function(fn, node: str, noise: str | None = None, **fixed):
+    """A k-diffusion sampler function for KSAMPLER / KSampler's list, calling the pure solver ``fn``
+    (samplers/) with the model's family and ``fixed`` + per-call options.
 
     ``noise``: None for deterministic solvers; otherwise the default noise kind ("brownian" /
     "gaussian"), overridable per call with the ``noise_type`` option. Stochastic solvers get
@@ -77,7 +59,6 @@ def make_sampler_function(module: str, name: str, node: str, noise: str | None =
     """
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        fn = _require(module, name, node)
         extra_args = {} if extra_args is None else extra_args
         opts = dict(fixed)
         opts.update(options)
@@ -92,33 +73,15 @@ def make_sampler_function(module: str, name: str, node: str, noise: str | None =
         return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                   family=family, **opts)
 
-    sample.__name__ = f"fewstep_{name}"
+    sample.__name__ = f"fewstep_{fn.__name__}"
     sample.__qualname__ = sample.__name__
-    sample.__doc__ = f"FewStep {node} ({module}.{name}) for ComfyUI."
+    sample.__doc__ = f"FewStep {node} ({fn.__module__}.{fn.__name__}) for ComfyUI."
     return sample
 
 
-def _ksampler(module, name, node, noise=None, **options):
-    fn = make_sampler_function(module, name, node, noise=noise)
+def _ksampler(fn, node, noise=None, **options):
+    fn = make_sampler_function(fn, node, noise=noise)
     return (comfy.samplers.KSAMPLER(fn, options),)
-
-
-# ------------------------------------------------------------------------------------------------
-# checks with the widget's name and its allowed range
-def _check_range(node, widget, value, lo, hi, integer=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
-    if integer and ok:
-        ok = float(value) == int(value)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{node}: {widget} must be {kind} in [{lo}, {hi}], got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _check_choice(node, widget, value, choices):
-    if value not in choices:
-        raise ValueError(f"{node}: {widget} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 _S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "round": False, "tooltip":
@@ -126,22 +89,20 @@ _S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "ro
             "Slightly above 1 can offset the detail lost by few steps."})
 
 
-def _bool(node, widget, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{node}: {widget} must be true or false, got {value!r}")
-    return value
-
-
 # ------------------------------------------------------------------------------------------------
-class FewStepDDIM:
-    DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
-                   "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
-                   "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
+class _SolverNode:
+    """What every solver node shares: it outputs one SAMPLER."""
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
     OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
+
+
+class FewStepDDIM(_SolverNode):
+    DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
+                   "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
+                   "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -154,19 +115,14 @@ class FewStepDDIM:
 
     def get_sampler(self, eta, s_noise):
         n = "FewStepDDIM"
-        eta = _check_range(n, "eta", eta, 0.0, 1.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
-        return _ksampler("ddim", "sample_ddim", n, noise="gaussian", eta=eta, s_noise=s_noise)
+        eta = check_float(eta, 0.0, 1.0, "eta", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
+        return _ksampler(S.sample_ddim, n, noise="gaussian", eta=eta, s_noise=s_noise)
 
 
-class FewStepDPMSolver:
+class FewStepDPMSolver(_SolverNode):
     DESCRIPTION = ("DPM-Solver (Lu et al. 2022), noise prediction, singlestep: each step of order k uses k "
                    "model calls (order 1 = DDIM). Best with a logSNR-uniform schedule.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -178,22 +134,17 @@ class FewStepDPMSolver:
 
     def get_sampler(self, order):
         n = "FewStepDPMSolver"
-        order = _check_range(n, "order", order, 1, 3, integer=True)
-        return _ksampler("dpm_solver", "sample_dpm_solver", n, order=order)
+        order = check_int(order, 1, 3, "order", n)
+        return _ksampler(S.sample_dpm_solver, n, order=order)
 
 
 DPMPP_MODES = ("2m", "3m", "2s", "sde_2m", "sde_3m")
 
 
-class FewStepDPMSolverPP:
+class FewStepDPMSolverPP(_SolverNode):
     DESCRIPTION = ("DPM-Solver++ (Lu et al. 2022), data prediction: multistep 2M / 3M (one model call per "
                    "step), singlestep 2S (two calls per step), and the SDE variants 2M / 3M with eta and "
                    "seeded noise. The final step to sigma 0 is first order, as in the paper.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -217,20 +168,20 @@ class FewStepDPMSolverPP:
 
     def get_sampler(self, mode, eta, s_noise, noise_type, lower_order_final):
         n = "FewStepDPMSolverPP"
-        mode = _check_choice(n, "mode", mode, DPMPP_MODES)
-        eta = _check_range(n, "eta", eta, 0.0, 1.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
-        noise_type = _check_choice(n, "noise_type", noise_type, NOISE_TYPES)
-        lof = _bool(n, "lower_order_final", lower_order_final)
+        mode = check_choice(mode, DPMPP_MODES, "mode", n)
+        eta = check_float(eta, 0.0, 1.0, "eta", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
+        noise_type = check_choice(noise_type, NOISE_TYPES, "noise_type", n)
+        lof = check_bool(lower_order_final, "lower_order_final", n)
         if mode in ("2m", "3m"):
-            return _ksampler("dpm_solver_pp", "sample_dpmpp_multistep", n, order=int(mode[0]), lower_order_final=lof)
+            return _ksampler(S.sample_dpmpp_multistep, n, order=int(mode[0]), lower_order_final=lof)
         if mode == "2s":
-            return _ksampler("dpm_solver_pp", "sample_dpmpp_2s", n)
+            return _ksampler(S.sample_dpmpp_2s, n)
         return _sde_sampler(n, int(mode[4]), eta, s_noise, noise_type, lof)
 
 
 def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
-    fn = make_sampler_function("dpm_solver_pp", "sample_dpmpp_sde", node, noise=noise_type)
+    fn = make_sampler_function(S.sample_dpmpp_sde, node, noise=noise_type)
     opts = {"order": order, "eta": eta, "s_noise": s_noise, "noise": noise_type, "noise_type": noise_type,
             "lower_order_final": lof}
     return (comfy.samplers.KSAMPLER(fn, opts),)
@@ -239,14 +190,9 @@ def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-class FewStepUniPC:
+class FewStepUniPC(_SolverNode):
     DESCRIPTION = ("UniPC (Zhao et al. 2023): a multistep predictor (UniP) with a corrector (UniC) that reuses "
                    "the next model call, so the corrector raises the order at no extra cost.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -264,22 +210,17 @@ class FewStepUniPC:
 
     def get_sampler(self, variant, order, corrector, lower_order_final):
         n = "FewStepUniPC"
-        variant = _check_choice(n, "variant", variant, UNIPC_VARIANTS)
-        order = _check_range(n, "order", order, 1, 3, integer=True)
-        corrector = _bool(n, "corrector", corrector)
-        lof = _bool(n, "lower_order_final", lower_order_final)
-        return _ksampler("unipc", "sample_unipc", n, variant=variant, order=order, use_corrector=corrector,
+        variant = check_choice(variant, UNIPC_VARIANTS, "variant", n)
+        order = check_int(order, 1, 3, "order", n)
+        corrector = check_bool(corrector, "corrector", n)
+        lof = check_bool(lower_order_final, "lower_order_final", n)
+        return _ksampler(S.sample_unipc, n, variant=variant, order=order, use_corrector=corrector,
                          lower_order_final=lof)
 
 
-class FewStepDEIS:
+class FewStepDEIS(_SolverNode):
     DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-4: a multistep exponential "
                    "integrator whose coefficients are computed for the actual sigma grid and model family.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -291,21 +232,16 @@ class FewStepDEIS:
 
     def get_sampler(self, order):
         n = "FewStepDEIS"
-        order = _check_range(n, "order", order, 1, 4, integer=True)
-        return _ksampler("deis", "sample_deis", n, order=order)
+        order = check_int(order, 1, 4, "order", n)
+        return _ksampler(S.sample_deis, n, order=order)
 
 
 PNDM_WARMUPS = ("lower", "rk")
 
 
-class FewStepPNDM:
+class FewStepPNDM(_SolverNode):
     DESCRIPTION = ("PNDM / PLMS (Liu et al. 2022): the 4th-order linear multistep update "
                    "(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})/24 on the pseudo-numerical DDIM step.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -318,21 +254,16 @@ class FewStepPNDM:
 
     def get_sampler(self, warmup):
         n = "FewStepPNDM"
-        warmup = _check_choice(n, "warmup", warmup, PNDM_WARMUPS)
-        return _ksampler("pndm", "sample_pndm", n, warmup=warmup)
+        warmup = check_choice(warmup, PNDM_WARMUPS, "warmup", n)
+        return _ksampler(S.sample_pndm, n, warmup=warmup)
 
 
 EDM_METHODS = ("heun", "euler")
 
 
-class FewStepEDM:
+class FewStepEDM(_SolverNode):
     DESCRIPTION = ("EDM sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method with optional "
                    "churn (S_churn, S_tmin, S_tmax, S_noise), or plain Euler. The last step to sigma 0 is Euler.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -352,26 +283,21 @@ class FewStepEDM:
 
     def get_sampler(self, method, s_churn, s_tmin, s_tmax, s_noise):
         n = "FewStepEDM"
-        method = _check_choice(n, "method", method, EDM_METHODS)
-        s_churn = _check_range(n, "s_churn", s_churn, 0.0, 100.0)
-        s_tmin = _check_range(n, "s_tmin", s_tmin, 0.0, 1000.0)
-        s_tmax = _check_range(n, "s_tmax", s_tmax, 0.0, 1000.0)
-        s_noise = _check_range(n, "s_noise", s_noise, 0.0, 10.0)
+        method = check_choice(method, EDM_METHODS, "method", n)
+        s_churn = check_float(s_churn, 0.0, 100.0, "s_churn", n)
+        s_tmin = check_float(s_tmin, 0.0, 1000.0, "s_tmin", n)
+        s_tmax = check_float(s_tmax, 0.0, 1000.0, "s_tmax", n)
+        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
         if s_tmin > s_tmax:
             raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
-        return _ksampler("edm", "sample_edm", n, noise="gaussian", method=method, s_churn=s_churn,
+        return _ksampler(S.sample_edm, n, noise="gaussian", method=method, s_churn=s_churn,
                          s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
-class FewStepTCD:
+class FewStepTCD(_SolverNode):
     DESCRIPTION = ("TCD (Zheng et al. 2024), strategic stochastic sampling: jump deterministically to "
                    "(1 - gamma) of the next sigma, then re-noise to it. gamma 0 is deterministic (DDIM), "
                    "gamma 1 is LCM-style multistep sampling. For TCD / LCM / consistency models.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -383,42 +309,20 @@ class FewStepTCD:
 
     def get_sampler(self, gamma):
         n = "FewStepTCD"
-        gamma = _check_range(n, "gamma", gamma, 0.0, 1.0)
-        return _ksampler("tcd", "sample_tcd", n, noise="gaussian", gamma=gamma)
+        gamma = check_float(gamma, 0.0, 1.0, "gamma", n)
+        return _ksampler(S.sample_tcd, n, noise="gaussian", gamma=gamma)
 
 
 # ------------------------------------------------------------------------------------------------
-# KSampler's sampler list: deterministic defaults, one model call per step unless noted
-#: name -> (module, function, options, description)
-KSAMPLER_SAMPLERS = {
-    "fewstep_dpmpp_2m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 2, "lower_order_final": True},
-                         "DPM-Solver++(2M)"),
-    "fewstep_dpmpp_3m": ("dpm_solver_pp", "sample_dpmpp_multistep", {"order": 3, "lower_order_final": True},
-                         "DPM-Solver++(3M)"),
-    "fewstep_dpmpp_2s": ("dpm_solver_pp", "sample_dpmpp_2s", {}, "DPM-Solver++(2S), 2 calls per step"),
-    "fewstep_unipc_bh1": ("unipc", "sample_unipc", {"variant": "bh1", "order": 3, "use_corrector": True,
-                                                    "lower_order_final": True}, "UniPC-3 bh1"),
-    "fewstep_unipc_bh2": ("unipc", "sample_unipc", {"variant": "bh2", "order": 3, "use_corrector": True,
-                                                    "lower_order_final": True}, "UniPC-3 bh2"),
-    "fewstep_deis_3": ("deis", "sample_deis", {"order": 3}, "DEIS tAB3"),
-    "fewstep_pndm": ("pndm", "sample_pndm", {"warmup": "lower"}, "PLMS with lower-order warm-up"),
-    "fewstep_ddim": ("ddim", "sample_ddim", {"eta": 0.0}, "DDIM (eta 0)"),
-    "fewstep_edm_heun": ("edm", "sample_edm", {"method": "heun", "s_churn": 0.0}, "EDM Heun, 2 calls per step"),
-    "fewstep_deis_4": ("deis", "sample_deis", {"order": 4}, "DEIS tAB4"),
-}
-
-
+# KSampler's sampler list: samplers/registry.py KSAMPLER_ENTRIES
 def ksampler_function(name: str):
     """The function FewStep registers (or would register) as KSampler sampler ``name``."""
-    module, fn, options, _ = KSAMPLER_SAMPLERS[name]
-    return make_sampler_function(module, fn, name, **options)
+    spec = KSAMPLER_ENTRIES[name]
+    return make_sampler_function(spec.fn, name, **spec.kwargs)
 
 
 def register_with_comfyui():
-    for name, (module, fn, _, _) in KSAMPLER_SAMPLERS.items():
-        if solver_fn(module, fn) is None:
-            log.info("FewStep: %s not registered in KSampler (samplers/%s.py:%s missing)", name, module, fn)
-            continue
+    for name in KSAMPLER_ENTRIES:
         register_sampler(name, ksampler_function(name))
 
 

@@ -18,10 +18,10 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension as pe
 
+from ..comfy_adapter import outer_sample_arg as _arg, set_outer_sample_arg as _set_arg
+from ..core.cache_schedule import steps_in_sigma_window
+
 log = logging.getLogger("FewStep")
-
-_OUTER_POS = {"sampler": 2, "sigmas": 3, "callback": 5}
-
 
 class RunState:
     """Base of a patch's per-run state: the run's sigmas (a CPU copy, read once per run), the current
@@ -42,25 +42,10 @@ class RunState:
         """Whether each step's starting sigma lies in (sigma(end_percent), sigma(start_percent)]."""
         hi = float(self.model_sampling.percent_to_sigma(float(start_percent)))
         lo = float(self.model_sampling.percent_to_sigma(float(end_percent)))
-        return [bool(lo < float(s) <= hi) for s in self.sigmas[:self.total_steps]]
+        return steps_in_sigma_window(self.sigmas[:self.total_steps], hi, lo)
 
     def summary(self) -> str:  # pragma: no cover - overridden
         return ""
-
-
-def _arg(args, kwargs, name):
-    pos = _OUTER_POS[name]
-    if name in kwargs:
-        return kwargs[name]
-    return args[pos] if len(args) > pos else None
-
-
-def _set_arg(args, kwargs, name, value):
-    pos = _OUTER_POS[name]
-    if name in kwargs or len(args) <= pos:
-        kwargs[name] = value
-    else:
-        args[pos] = value
 
 
 def install(model, key: str, run_key: str, make_state, name: str):

@@ -21,6 +21,8 @@ import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
+from ..core.cache_schedule import UNetBlocks
+
 SUPPORTED = "UNet models (SD1.x, SD2.x, SDXL, SVD)"
 
 
@@ -55,25 +57,11 @@ def _count_transformers(block) -> int:
     return sum(1 for m in block if isinstance(m, SpatialTransformer))  # SpatialVideoTransformer subclasses it
 
 
-class UNetLayout:
-    def __init__(self, unet):
-        self.n_in = len(unet.input_blocks)
-        self.n_out = len(unet.output_blocks)
-        self.tf_in = [_count_transformers(b) for b in unet.input_blocks]
-        self.tf_mid = _count_transformers(unet.middle_block) if unet.middle_block is not None else 0
-        self.tf_out = [_count_transformers(b) for b in unet.output_blocks]
-        self.model_channels = unet.model_channels
-
-    @property
-    def max_depth(self) -> int:
-        return min(self.n_in, self.n_out) - 1
-
-    def entry_block(self, depth: int) -> int:
-        """The output block whose input (main branch) DeepCache caches at this depth."""
-        return self.n_out - 1 - depth
-
-    def skipped_transformers(self, depth: int) -> int:
-        return sum(self.tf_in[depth + 1:]) + self.tf_mid + sum(self.tf_out[:self.entry_block(depth)])
+def UNetLayout(unet) -> UNetBlocks:
+    """The transformer counts of a ComfyUI UNet's blocks (the arithmetic: core/cache_schedule.UNetBlocks)."""
+    return UNetBlocks(tuple(_count_transformers(b) for b in unet.input_blocks),
+                      _count_transformers(unet.middle_block) if unet.middle_block is not None else 0,
+                      tuple(_count_transformers(b) for b in unet.output_blocks))
 
 
 def unpack_forward_args(args, kwargs):

@@ -34,7 +34,7 @@ import torch
 
 import comfy.patcher_extension as pe
 
-from ..core.cache_schedule import dit_block_plan, full_steps  # noqa: F401  (full_steps: re-exported)
+from ..core.cache_schedule import cached_step_mask, dit_block_plan, full_steps
 from . import _dit, _run
 from ._unet import UNetLayout, UnsupportedModelError, architecture_name, forward_shallow, unpack_forward_args
 import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
@@ -51,7 +51,7 @@ class DeepCacheRun(_run.RunState):
         window = self.percent_window(settings["start_percent"], settings["end_percent"])
         full = set(full_steps(self.total_steps, settings["cache_interval"], settings["mode"],
                               settings["center"], settings["power"]))
-        self.cached_step = [window[i] and i not in full for i in range(self.total_steps)]
+        self.cached_step = cached_step_mask(self.total_steps, full, window)
         self.cache = {}  # uuid -> (input chunk shape, deep feature chunk)
         self.full_calls = 0
         self.cached_calls = 0
@@ -98,13 +98,8 @@ class DeepCacheRun(_run.RunState):
         return msg
 
 
-def apply_deepcache(model, cache_interval: int = 3, cache_depth: int = 0, mode: str = "uniform",
-                    start_percent: float = 0.0, end_percent: float = 1.0, center: float = 0.3, power: float = 1.4,
-                    dit_leading_blocks: int = 1, dit_trailing_blocks: int = 1):
-    """A clone of ``model`` with DeepCache (replacing an earlier DeepCache of ours). On a UNet
-    ``cache_depth`` picks the skip branch and the ``dit_*`` arguments are ignored; on a DiT the first
-    ``dit_leading_blocks`` and last ``dit_trailing_blocks`` blocks run every step and ``cache_depth``
-    is ignored."""
+def _settings(cache_interval, mode, start_percent, end_percent, center, power) -> dict:
+    """The settings both kinds of model share, checked (errors name the widget and its range)."""
     if not (1 <= int(cache_interval) <= 1000):
         raise ValueError(f"FewStepDeepCache: cache_interval must be in [1, 1000], got {cache_interval}")
     if mode not in MODES:
@@ -116,31 +111,53 @@ def apply_deepcache(model, cache_interval: int = 3, cache_depth: int = 0, mode: 
         raise ValueError(f"FewStepDeepCache: center must be in [0, 1], got {center}")
     if not (1.0 < power <= 4.0):
         raise ValueError(f"FewStepDeepCache: power must be in (1, 4], got {power}")
+    return dict(cache_interval=int(cache_interval), cache_depth=0, mode=mode, center=float(center),
+                power=float(power), start_percent=float(start_percent), end_percent=float(end_percent))
+
+
+def _supported_dit(model):
+    """The DiT architecture of a model that is not a UNet, or UnsupportedModelError saying why not."""
+    arch = _dit.describe(model)
+    if arch is None:
+        raise UnsupportedModelError(
+            f"FewStepDeepCache: this model is {architecture_name(model)}; FewStepDeepCache works on "
+            f"UNet models (SD1.x, SD2.x, SDXL, SVD) and on the DiTs {DIT_SUPPORTED} only.")
+    if not arch.block_hook:
+        raise UnsupportedModelError(
+            f"FewStepDeepCache: this model is {arch.name} ({architecture_name(model)}); its forward calls its "
+            "transformer blocks directly, with no patches_replace block hook and no DIFFUSION_MODEL wrapper, "
+            "so its blocks cannot be skipped without re-implementing the model's forward. Supported DiTs: "
+            f"{DIT_SUPPORTED}.")
+    return arch
+
+
+def apply_deepcache(model, cache_interval: int = 3, cache_depth: int = 0, mode: str = "uniform",
+                    start_percent: float = 0.0, end_percent: float = 1.0, center: float = 0.3, power: float = 1.4,
+                    dit_leading_blocks: int = 1, dit_trailing_blocks: int = 1):
+    """A clone of ``model`` with DeepCache (replacing an earlier DeepCache of ours). On a UNet
+    ``cache_depth`` picks the skip branch and the ``dit_*`` arguments are ignored; on a DiT the first
+    ``dit_leading_blocks`` and last ``dit_trailing_blocks`` blocks run every step and ``cache_depth``
+    is ignored."""
+    settings = _settings(cache_interval, mode, start_percent, end_percent, center, power)
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
     if not isinstance(dm, openaimodel.UNetModel):
-        arch = _dit.describe(model)
-        if arch is None:
-            raise UnsupportedModelError(
-                f"FewStepDeepCache: this model is {architecture_name(model)}; FewStepDeepCache works on "
-                f"UNet models (SD1.x, SD2.x, SDXL, SVD) and on the DiTs {DIT_SUPPORTED} only.")
-        if not arch.block_hook:
-            raise UnsupportedModelError(
-                f"FewStepDeepCache: this model is {arch.name} ({architecture_name(model)}); its forward calls its "
-                "transformer blocks directly, with no patches_replace block hook and no DIFFUSION_MODEL wrapper, "
-                "so its blocks cannot be skipped without re-implementing the model's forward. Supported DiTs: "
-                f"{DIT_SUPPORTED}.")
-        settings = dict(cache_interval=int(cache_interval), cache_depth=0, mode=mode, center=float(center),
-                        power=float(power), start_percent=float(start_percent), end_percent=float(end_percent))
-        return _apply_dit(model, arch, settings, dit_leading_blocks, dit_trailing_blocks)
-    unet = dm
-    layout = UNetLayout(unet)
+        return _apply_dit(model, _supported_dit(model), settings, dit_leading_blocks, dit_trailing_blocks)
+    layout = UNetLayout(dm)
     if not (0 <= int(cache_depth) <= layout.max_depth):
         raise ValueError(f"FewStepDeepCache: cache_depth must be in [0, {layout.max_depth}] for this model "
                          f"({layout.n_in} input blocks), got {cache_depth}")
-    depth = int(cache_depth)
+    settings["cache_depth"] = depth = int(cache_depth)
+    m = model.clone()
+    _dit.remove_block_replaces(m, KEY)
+    _run.add_wrapper(m, pe.WrappersMP.DIFFUSION_MODEL, KEY, _unet_wrapper(layout, depth))
+    _run.install(m, KEY, RUN_KEY, lambda sigmas, ms: DeepCacheRun(settings, sigmas, ms), "FewStepDeepCache")
+    return m
+
+
+def _unet_wrapper(layout, depth: int):
+    """The DIFFUSION_MODEL wrapper: a cached step runs the shallow part on the cached deep feature; a full
+    step before a cached one records the feature entering output block ``entry``."""
     entry = layout.entry_block(depth)
-    settings = dict(cache_interval=int(cache_interval), cache_depth=depth, mode=mode, center=float(center),
-                    power=float(power), start_percent=float(start_percent), end_percent=float(end_percent))
 
     def diffusion_model_wrapper(executor, *args, **kwargs):
         x, t, context, y, control, to, extra = unpack_forward_args(args, kwargs)
@@ -157,35 +174,36 @@ def apply_deepcache(model, cache_interval: int = 3, cache_depth: int = 0, mode: 
         run.full_calls += 1
         if not run.caching_ahead():
             return executor(*args, **kwargs)
-
-        captured = []
-        old = to.get("patches")
-        later = list((old or {}).get("output_block_patch", []))
-
-        def capture(h, hsp, topts):
-            if topts.get("block") == ("output", entry):
-                captured.append(h.clone() if later else h)
-            return h, hsp
-
-        new = dict(old or {})
-        new["output_block_patch"] = [capture] + later
-        to["patches"] = new
-        try:
-            out = executor(*args, **kwargs)
-        finally:
-            if old is None:
-                to.pop("patches", None)
-            else:
-                to["patches"] = old
+        out, captured = _recording_pass(executor, args, kwargs, to, entry)
         if captured:
             run.store(uuids, x, captured[-1])
         return out
+    return diffusion_model_wrapper
 
-    m = model.clone()
-    _dit.remove_block_replaces(m, KEY)
-    _run.add_wrapper(m, pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
-    _run.install(m, KEY, RUN_KEY, lambda sigmas, ms: DeepCacheRun(settings, sigmas, ms), "FewStepDeepCache")
-    return m
+
+def _recording_pass(executor, args, kwargs, to, entry: int):
+    """A full pass with an output_block_patch (first in the list) that captures output block ``entry``'s
+    input; the transformer options' patches are restored after. Returns (output, captured features)."""
+    captured = []
+    old = to.get("patches")
+    later = list((old or {}).get("output_block_patch", []))
+
+    def capture(h, hsp, topts):
+        if topts.get("block") == ("output", entry):
+            captured.append(h.clone() if later else h)
+        return h, hsp
+
+    new = dict(old or {})
+    new["output_block_patch"] = [capture] + later
+    to["patches"] = new
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        if old is None:
+            to.pop("patches", None)
+        else:
+            to["patches"] = old
+    return out, captured
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +263,39 @@ def _shapes(state: dict, n: int):
     return tuple((k, (v.shape[0] // n, *v.shape[1:]) if v is not None else None) for k, v in sorted(state.items()))
 
 
+def _enter_middle(run, to, args, streams, entry_kind, exit_kind) -> None:
+    """At the first middle block: what this model call does with the middle (``to[_CALL]``): skip it with
+    the cached residual (a cached step with a residual of these shapes), record it (a full step before a
+    cached one), or run it (None); counts the call."""
+    to[_CALL] = None
+    uuids = to.get("uuids") or []
+    first = args[streams[0]]
+    if uuids and first.shape[0] % len(uuids) == 0:
+        entry = {k: args[k] for k in streams}
+        shapes = _shapes(entry, len(uuids))
+        if run.is_cached_step():
+            res = run.lookup(uuids, shapes)
+            if res is not None:
+                to[_CALL] = ("skip", res)
+            else:
+                run.fallback_calls += 1
+        if to[_CALL] is None and run.caching_ahead():
+            to[_CALL] = ("record", uuids, shapes, _dit.exit_form(
+                {k: v.clone() for k, v in entry.items()}, entry_kind, exit_kind))
+    if to[_CALL] is not None and to[_CALL][0] == "skip":
+        run.cached_calls += 1
+    else:
+        run.full_calls += 1
+
+
+def _store_residual(run, state, out, streams) -> None:
+    """At the last middle block of a recording call: store what the middle added to each stream."""
+    _, uuids, shapes, entry = state
+    res = {k: (out[k] - entry[k] if out.get(k) is not None and k in entry
+               and out[k].shape == entry[k].shape else None) for k in streams}
+    run.store(uuids, shapes, res)
+
+
 def _apply_dit(model, arch, settings, leading, trailing):
     plan = dit_block_plan(arch.n_blocks, leading, trailing)
     settings = dict(settings, dit_leading_blocks=plan.leading, dit_trailing_blocks=plan.trailing)
@@ -264,25 +315,7 @@ def _apply_dit(model, arch, settings, leading, trailing):
                 run.block_runs[i] += 1
                 return call_next(args)
             if role in ("entry", "entry+exit"):
-                to[_CALL] = None
-                uuids = to.get("uuids") or []
-                first = args[streams[0]]
-                if uuids and first.shape[0] % len(uuids) == 0:
-                    entry = {k: args[k] for k in streams}
-                    shapes = _shapes(entry, len(uuids))
-                    if run.is_cached_step():
-                        res = run.lookup(uuids, shapes)
-                        if res is not None:
-                            to[_CALL] = ("skip", res)
-                        else:
-                            run.fallback_calls += 1
-                    if to[_CALL] is None and run.caching_ahead():
-                        to[_CALL] = ("record", uuids, shapes, _dit.exit_form(
-                            {k: v.clone() for k, v in entry.items()}, entry_kind, exit_kind))
-                if to[_CALL] is not None and to[_CALL][0] == "skip":
-                    run.cached_calls += 1
-                else:
-                    run.full_calls += 1
+                _enter_middle(run, to, args, streams, entry_kind, exit_kind)
             state = to.get(_CALL)
             if state is not None and state[0] == "skip":
                 run.block_skips[i] += 1
@@ -296,10 +329,7 @@ def _apply_dit(model, arch, settings, leading, trailing):
             if role in ("exit", "entry+exit"):
                 to.pop(_CALL, None)
                 if state is not None and state[0] == "record":
-                    _, uuids, shapes, entry = state
-                    res = {k: (out[k] - entry[k] if out.get(k) is not None and k in entry
-                               and out[k].shape == entry[k].shape else None) for k in streams}
-                    run.store(uuids, shapes, res)
+                    _store_residual(run, state, out, streams)
             return out
         return impl
 

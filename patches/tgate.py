@@ -37,7 +37,7 @@ import torch
 
 import comfy.patcher_extension as pe
 
-from ..core.cache_schedule import gate_step
+from ..core.cache_schedule import gate_step, self_attn_reuse
 from . import _dit, _run
 from ._unet import UnsupportedModelError, architecture_name
 import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
@@ -68,7 +68,7 @@ class TGateRun(_run.RunState):
         return self.gate < self.total_steps and self.step < self.gate
 
     def sa_reuse_step(self) -> bool:
-        return self.settings["self_attn_cache"] and self.gated() and (self.step - self.gate) % 2 == 1
+        return self.settings["self_attn_cache"] and self_attn_reuse(self.step, self.gate)
 
     def summary(self):
         s = self.settings
@@ -115,6 +115,66 @@ def _shrink(n, context, value):
     return n[:, :1], (context[:, :1] if context is not None else None), (value[:, :1] if value is not None else None)
 
 
+# UNet attention patches: cross-attention reused after the gate, self-attention every other step
+def _attn2_patch(n, context, value, extra_options):
+    run = extra_options.get(RUN_KEY)
+    if run is None or not run.gated():
+        return n, context, value
+    key = _block_key(extra_options)
+    cached = run.ca_cache.get(key)
+    if cached is None:
+        cached = _average(run.ca_seen.get(key))
+        if cached is not None:
+            run.ca_cache[key] = cached
+    if cached is not None and cached.shape[1:] == n.shape[1:] and n.shape[0] % cached.shape[0] == 0:
+        reps = n.shape[0] // cached.shape[0]
+        extra_options["_fewstep_tgate_out"] = cached.repeat(reps, 1, 1) if reps > 1 else cached
+        return _shrink(n, context, value)
+    extra_options["_fewstep_tgate_out"] = None
+    return n, context, value
+
+def _attn2_output_patch(n, extra_options):
+    run = extra_options.get(RUN_KEY)
+    if run is None:
+        return n
+    if run.gated():
+        cached = extra_options.pop("_fewstep_tgate_out", None)
+        if cached is None:
+            run.ca_computed_after += 1
+            return n
+        run.ca_skipped += 1
+        return cached
+    if run.recording():
+        kinds = _chunks_by_kind(n, extra_options.get("cond_or_uncond") or [])
+        if kinds:
+            seen = run.ca_seen.setdefault(_block_key(extra_options), {})
+            seen.update({k: v.detach() for k, v in kinds.items()})
+    return n
+
+def _attn1_patch(n, context, value, extra_options):
+    run = extra_options.get(RUN_KEY)
+    if run is None or not run.sa_reuse_step():
+        return n, context, value
+    cached = run.sa_cache.get(_block_key(extra_options))
+    if cached is not None and cached.shape == n.shape:
+        extra_options["_fewstep_tgate_sa"] = cached
+        return _shrink(n, context, value)
+    extra_options["_fewstep_tgate_sa"] = None
+    return n, context, value
+
+def _attn1_output_patch(n, extra_options):
+    run = extra_options.get(RUN_KEY)
+    if run is None or not (run.settings["self_attn_cache"] and run.gated()):
+        return n
+    if run.sa_reuse_step():
+        cached = extra_options.pop("_fewstep_tgate_sa", None)
+        if cached is not None:
+            run.sa_skipped += 1
+            return cached
+    run.sa_cache[_block_key(extra_options)] = n
+    return n
+
+
 def apply_tgate(model, gate_percent: float = 0.4, self_attn_cache: bool = False):
     """A clone of ``model`` with T-GATE (replacing an earlier T-GATE of ours)."""
     if not (0.0 <= gate_percent <= 1.0):
@@ -129,71 +189,13 @@ def apply_tgate(model, gate_percent: float = 0.4, self_attn_cache: bool = False)
                 f"(SD1.x, SD2.x, SDXL) and on the DiTs {DIT_SUPPORTED} only.")
         return _apply_dit(model, arch, settings)
 
-    def attn2_patch(n, context, value, extra_options):
-        run = extra_options.get(RUN_KEY)
-        if run is None or not run.gated():
-            return n, context, value
-        key = _block_key(extra_options)
-        cached = run.ca_cache.get(key)
-        if cached is None:
-            cached = _average(run.ca_seen.get(key))
-            if cached is not None:
-                run.ca_cache[key] = cached
-        if cached is not None and cached.shape[1:] == n.shape[1:] and n.shape[0] % cached.shape[0] == 0:
-            reps = n.shape[0] // cached.shape[0]
-            extra_options["_fewstep_tgate_out"] = cached.repeat(reps, 1, 1) if reps > 1 else cached
-            return _shrink(n, context, value)
-        extra_options["_fewstep_tgate_out"] = None
-        return n, context, value
-
-    def attn2_output_patch(n, extra_options):
-        run = extra_options.get(RUN_KEY)
-        if run is None:
-            return n
-        if run.gated():
-            cached = extra_options.pop("_fewstep_tgate_out", None)
-            if cached is None:
-                run.ca_computed_after += 1
-                return n
-            run.ca_skipped += 1
-            return cached
-        if run.recording():
-            kinds = _chunks_by_kind(n, extra_options.get("cond_or_uncond") or [])
-            if kinds:
-                seen = run.ca_seen.setdefault(_block_key(extra_options), {})
-                seen.update({k: v.detach() for k, v in kinds.items()})
-        return n
-
-    def attn1_patch(n, context, value, extra_options):
-        run = extra_options.get(RUN_KEY)
-        if run is None or not run.sa_reuse_step():
-            return n, context, value
-        cached = run.sa_cache.get(_block_key(extra_options))
-        if cached is not None and cached.shape == n.shape:
-            extra_options["_fewstep_tgate_sa"] = cached
-            return _shrink(n, context, value)
-        extra_options["_fewstep_tgate_sa"] = None
-        return n, context, value
-
-    def attn1_output_patch(n, extra_options):
-        run = extra_options.get(RUN_KEY)
-        if run is None or not (run.settings["self_attn_cache"] and run.gated()):
-            return n
-        if run.sa_reuse_step():
-            cached = extra_options.pop("_fewstep_tgate_sa", None)
-            if cached is not None:
-                run.sa_skipped += 1
-                return cached
-        run.sa_cache[_block_key(extra_options)] = n
-        return n
-
     m = model.clone()
     _drop_dit_parts(m)
-    _run.replace_patch(m, "attn2_patch", KEY, attn2_patch)
-    _run.replace_patch(m, "attn2_output_patch", KEY, attn2_output_patch)
+    _run.replace_patch(m, "attn2_patch", KEY, _attn2_patch)
+    _run.replace_patch(m, "attn2_output_patch", KEY, _attn2_output_patch)
     if self_attn_cache:
-        _run.replace_patch(m, "attn1_patch", KEY, attn1_patch)
-        _run.replace_patch(m, "attn1_output_patch", KEY, attn1_output_patch)
+        _run.replace_patch(m, "attn1_patch", KEY, _attn1_patch)
+        _run.replace_patch(m, "attn1_output_patch", KEY, _attn1_output_patch)
     else:  # a second T-GATE without self_attn_cache must not keep the first one's
         for name in ("attn1_patch", "attn1_output_patch"):
             lst = m.model_options.get("transformer_options", {}).get("patches", {}).get(name)

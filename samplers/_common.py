@@ -1,7 +1,7 @@
 """Shared pieces of the FewStep solvers: input validation, the sigma grid in both noise families,
 exponential-integrator phi functions, seeds and the per-step model/callback plumbing.
 
-Notation (DESIGN.md): ``x = alpha * x0 + sigma * eps``; alpha = 1 (eps family) or 1 - sigma (flow);
+Notation: ``x = alpha * x0 + sigma * eps``; alpha = 1 (eps family) or 1 - sigma (flow);
 lambda = log(alpha / sigma). For a step s -> t, ``h = lambda_t - lambda_s > 0``. The exact first-order
 (constant-x0) update is ``x_t = (sigma_t / sigma_s) x_s + (alpha_t - sigma_t alpha_s / sigma_s) x0``; it
 is computed from sigma and alpha directly, so it is exact at a flow sigma of 1 and at a final sigma of 0.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core import families
+from ..core.validate import check_choice, check_float, check_int  # noqa: F401  (check_choice: for the solvers)
 
 log = logging.getLogger("FewStep")
 
@@ -24,31 +25,13 @@ log = logging.getLogger("FewStep")
 # ------------------------------------------------------------------------------------------------
 # option validation
 def check_int_range(value, lo: int, hi: int, name: str) -> int:
-    """An integer option in [lo, hi] or a ValueError naming the option and the range."""
-    try:
-        ok = int(value) == value
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not (lo <= int(value) <= hi):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return int(value)
+    """An integer option in [lo, hi] (core/validate.py)."""
+    return check_int(value, lo, hi, name)
 
 
 def check_float_range(value, lo: float, hi: float, name: str) -> float:
-    """A float option in [lo, hi] (finite unless hi is inf) or a ValueError naming it and the range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
-    if math.isnan(v) or not (lo <= v <= hi):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
-    return v
-
-
-def check_choice(value, choices, name: str):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
+    """A float option in [lo, hi] (core/validate.py)."""
+    return check_float(value, lo, hi, name)
 
 
 def check_sigmas(sigmas) -> None:
@@ -257,12 +240,14 @@ def taylor_derivatives(lams, values):
     raise ValueError("taylor_derivatives takes 2 or 3 points")
 
 
-def step_order(order: int, i: int, n: int, lower_order_final: bool, history: int) -> int:
+def step_order(order: int, i: int, n: int, lower_order_final: bool, history: int,
+               final_below: int | None = 10) -> int:
     """Order of multistep step i (0-based) of n: limited by the history available (warm-up with lower
-    orders) and, with lower_order_final on schedules of fewer than 10 steps, by the steps left
-    (DPM-Solver / UniPC reference behaviour)."""
+    orders) and, with lower_order_final, by the steps left (n - i) on schedules of fewer than
+    ``final_below`` steps (DPM-Solver++'s reference rule: 10) or on every schedule (``None``: UniPC's
+    reference rule)."""
     k = min(order, history)
-    if lower_order_final and n < 10:
+    if lower_order_final and (final_below is None or n < final_below):
         k = min(k, n - i)
     return max(1, k)
 

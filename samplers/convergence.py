@@ -26,7 +26,6 @@ VARIANTS = {
     "deis_3 +warmup=singlestep": ("deis_3", {"warmup": "singlestep"}, 3),
     "unipc_bh2 order 2": ("unipc_bh2", {"order": 2}, 3),
     "unipc_bh2 no corrector": ("unipc_bh2", {"use_corrector": False}, 3),
-    "pndm +warmup=lower": ("pndm", {"warmup": "lower"}, 4),
 }
 
 #: asymptotic order on this (lambda-uniform) grid where it differs from the method order, and why
@@ -36,8 +35,8 @@ ASYMPTOTIC = {
     "unipc_bh1": (3, "order-1 (+UniC) start; UniC-3 steps are 4th order"),
     "unipc_bh2": (3, "order-1 (+UniC) start; UniC-3 steps are 4th order"),
     "unipc_bh2 no corrector": (2, "first-order start"),
-    "pndm": (2, "fixed PLMS coefficients on steps not uniform in rho (4 on rho-uniform steps)"),
-    "pndm +warmup=lower": (2, "first-order start; fixed coefficients"),
+    "pndm": (2, "first-order start; fixed coefficients"),
+    "pndm_rk": (2, "fixed PLMS coefficients on steps not uniform in rho (4 on rho-uniform steps)"),
 }
 
 

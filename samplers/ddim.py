@@ -2,7 +2,7 @@
 
 Step s -> t with data prediction D and noise prediction eps = (x_s - alpha_s D) / sigma_s:
 
-    x_t = alpha_t D + sqrt(sigma_t^2 - c^2) eps + c z,   c = eta sigma_t sqrt(1 - e^{-2h}),
+    x_t = alpha_t D + sqrt(sigma_t^2 - c^2) eps + c z,   c (noise_std) = eta sigma_t sqrt(1 - e^{-2h}),
 
 with e^{-h} = (sigma_t alpha_s) / (sigma_s alpha_t). eta = 0 is deterministic DDIM (the exact solution
 for a constant D, equal to DPM-Solver-1 and DPM-Solver++-1); eta = 1 is the DDPM posterior (ancestral)
@@ -38,8 +38,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         if not stochastic:
             x = a_t * denoised + t * eps
             continue
-        e_h = (t * a_s) / (s * a_t)
-        c = eta * t * math.sqrt(max(0.0, 1.0 - e_h * e_h))
-        x = a_t * denoised + math.sqrt(max(0.0, t * t - c * c)) * eps \
-            + (c * s_noise) * step_noise(noise_sampler, s, t, x)
+        exp_neg_h = (t * a_s) / (s * a_t)
+        noise_std = eta * t * math.sqrt(max(0.0, 1.0 - exp_neg_h * exp_neg_h))
+        x = a_t * denoised + math.sqrt(max(0.0, t * t - noise_std * noise_std)) * eps \
+            + (noise_std * s_noise) * step_noise(noise_sampler, s, t, x)
     return x

@@ -42,7 +42,7 @@ WARMUPS = ("lower", "singlestep")
 def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noise_sampler=None,
                solver_type="midpoint", warmup="lower", min_step_ratio=0.2):
     hist_d, hist_l = [], []          # previous data predictions and their lambdas, newest first
-    c = 1.0 + eta
+    one_plus_eta = 1.0 + eta
     for i in range(grid.n):
         denoised, s, t = run.start(i, x, grid)
         hist_d.insert(0, denoised)
@@ -52,9 +52,9 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
             x = denoised
             continue
         a_s, a_t = grid.alpha[i], grid.alpha[i + 1]
-        e_h = (t * a_s) / (s * a_t)                       # e^{-h}, exact at a flow sigma of 1
-        e_ch = e_h ** c
-        x_new = (t / s) * (e_h ** eta) * x + (a_t * (1.0 - e_ch)) * denoised
+        exp_neg_h = (t * a_s) / (s * a_t)                 # e^{-h}, exact at a flow sigma of 1
+        exp_neg_ch = exp_neg_h ** one_plus_eta         # e^{-(1 + eta) h}
+        x_new = (t / s) * (exp_neg_h ** eta) * x + (a_t * (1.0 - exp_neg_ch)) * denoised
         if warmup == "singlestep" and order == 3 and i == 0 and grid.n > 1 and grid.sigma[2] > 0:
             # one DPM-Solver++(2S) midpoint evaluation makes the start second-order accurate; its data
             # prediction joins the history, so the next step is already third order
@@ -62,7 +62,7 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
             su = sigma_of_lam(lam_u, grid.family)
             au, bu = first_order_coeffs(s, su, grid.family)
             d_u = run.denoise(au * x + bu * denoised, sigma=su)
-            x_new = x_new + (a_t * (1.0 - e_ch)) * (d_u - denoised)
+            x_new = x_new + (a_t * (1.0 - exp_neg_ch)) * (d_u - denoised)
             hist_d.insert(0, d_u)
             hist_l.insert(0, lam_u)
         else:
@@ -72,14 +72,14 @@ def _multistep(run, grid, x, order, lower_order_final, eta=0.0, s_noise=1.0, noi
             if k >= 2:
                 if k == 2 and solver_type == "midpoint":
                     r = (hist_l[0] - hist_l[1]) / h
-                    x_new = x_new + (a_t * (1.0 - e_ch) / (2.0 * r)) * (denoised - hist_d[1])
+                    x_new = x_new + (a_t * (1.0 - exp_neg_ch) / (2.0 * r)) * (denoised - hist_d[1])
                 else:
                     ders = taylor_derivatives(hist_l[:k], hist_d[:k])
-                    x_new = x_new + (a_t * c * h * h * phi(2, -c * h)) * ders[0]
+                    x_new = x_new + (a_t * one_plus_eta * h * h * phi(2, -one_plus_eta * h)) * ders[0]
                     if k == 3:
-                        x_new = x_new + (a_t * c * h ** 3 * phi(3, -c * h)) * ders[1]
+                        x_new = x_new + (a_t * one_plus_eta * h ** 3 * phi(3, -one_plus_eta * h)) * ders[1]
         if eta > 0 and s_noise > 0:
-            x_new = x_new + (t * math.sqrt(max(0.0, 1.0 - e_h ** (2 * eta))) * s_noise) \
+            x_new = x_new + (t * math.sqrt(max(0.0, 1.0 - exp_neg_h ** (2 * eta))) * s_noise) \
                 * step_noise(noise_sampler, s, t, x)
         x = x_new
     return x

@@ -66,12 +66,6 @@ class TrajectoryQR:
         self.rows = 0
         self.trajectories = 0
 
-    def state_col(self, i: int) -> int:
-        return i
-
-    def output_col(self, i: int) -> int:
-        return self.n + 1 + i
-
     def add(self, states: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor],
             check_interrupt: Callable[[], None] | None = None):
         """Fold one recorded trajectory (``n+1`` states, ``n`` outputs, any equal shapes: a batch of
@@ -436,6 +430,82 @@ class OLSSProfile:
                        extra={**self.extra, "denoise": float(denoise)})
 
 
+def _inconsistent(f: FileCheck, key, problem):
+    return ProfileError(f"{KIND} file {f.path.name} is inconsistent: {key} {problem}")
+
+
+def _check_kind_and_version(f: FileCheck) -> None:
+    kind = f.text("kind")
+    if kind != "olss_profile":
+        raise ProfileError(f"{KIND} file {f.path.name}: kind is {kind!r}: a FewStep file, not an OLSS profile")
+    if isinstance(f.meta.get("format_version"), int) and not isinstance(f.meta["format_version"], bool) \
+            and f.meta["format_version"] > FORMAT_VERSION:
+        raise ProfileError(f"{KIND} file {f.path.name} has format_version {f.meta['format_version']}; this FewStep "
+                           f"reads up to {FORMAT_VERSION}: update FewStep")
+    f.integer("format_version", 1, FORMAT_VERSION)
+    f.integer(FORMAT_KEY, 1, FORMAT_VERSION)
+
+
+def _teacher_grid(f: FileCheck, family: str):
+    """(teacher sigmas, n, k): the sizes come from the tensors; the metadata must agree with them."""
+    t_sig = f.tensor("teacher_sigmas", ndim=1, min_numel=2, max_numel=MAX_TEACHER_STEPS + 1).to(torch.float64)
+    n = t_sig.numel() - 1
+    k = f.tensor("wx", ndim=1, min_numel=MIN_STEPS, max_numel=min(MAX_STEPS, n)).numel()
+    for key, want in (("teacher_steps", n), ("steps", k)):
+        got = f.integer(key, 1, MAX_TEACHER_STEPS)
+        if got != want:
+            tname = "teacher_sigmas" if key == "teacher_steps" else "wx"
+            raise _inconsistent(f, f"tensor '{tname}'", f"holds {want} steps, but metadata {key} is {got}")
+    if float(t_sig[-1]) != 0.0 or float(t_sig[-2]) <= 0 or not bool((t_sig[1:] < t_sig[:-1]).all()):
+        raise f.error("tensor 'teacher_sigmas'", "is not a strictly decreasing schedule ending in 0")
+    if family == families.FLOW and float(t_sig[0]) > 1.0:
+        raise f.error("tensor 'teacher_sigmas'", f"starts at {float(t_sig[0]):.6g}; flow sigmas are at most 1")
+    return t_sig, n, k
+
+
+def _coefficient_tensors(f: FileCheck, n: int, k: int):
+    """(sigmas, wx, we, step_error, path, r_factor), shapes and structure checked."""
+    sigmas = f.tensor("sigmas", shape=(k + 1,)).to(torch.float64)
+    wx = f.tensor("wx", shape=(k,)).to(torch.float64)
+    we = f.tensor("we", shape=(k, k)).to(torch.float64)
+    if bool((torch.triu(we, diagonal=1) != 0).any()):
+        raise f.error("tensor 'we'", "must be lower triangular (a step uses only the outputs so far)")
+    step_error = f.tensor("step_error", shape=(k,)).to(torch.float64)
+    if bool((step_error < 0).any()):
+        raise f.error("tensor 'step_error'", "holds negative errors")
+    path = f.tensor("path", dtypes=INT_DTYPES, shape=(k,)).to(torch.int64)
+    r = f.tensor("r_factor", shape=(2 * n + 1, 2 * n + 1)).to(torch.float64)
+    if bool((torch.tril(r, diagonal=-1) != 0).any()):
+        raise f.error("tensor 'r_factor'", "must be upper triangular (a QR factor)")
+    return sigmas, wx, we, step_error, path, r
+
+
+def _check_metadata_agrees(f: FileCheck, t_sig, sigmas, step_error, path, k: int) -> None:
+    positive = t_sig[t_sig > 0]
+    for key, want in (("sigma_min", float(positive.min())), ("sigma_max", float(t_sig.max()))):
+        got = f.number(key, 0.0, math.inf)
+        if not math.isclose(got, want, rel_tol=1e-9):
+            raise _inconsistent(f, key, f"is {got!r}, but the teacher sigmas give {want!r}")
+    for key, tensor in (("selected_sigmas", sigmas), ("step_error", step_error)):
+        got = torch.tensor(f.number_list(key, tensor.numel()), dtype=torch.float64)
+        if not torch.allclose(got, tensor, rtol=1e-9, atol=0):
+            raise _inconsistent(f, key, f"does not match tensor '{'sigmas' if key == 'selected_sigmas' else key}'")
+    if f.int_list("path", k, default=None) not in (None, [int(i) for i in path]):
+        raise _inconsistent(f, "path", "does not match tensor 'path'")
+
+
+def _optional_fields(f: FileCheck) -> dict:
+    extra = {}
+    if "denoise" in f.meta:
+        extra["denoise"] = f.number("denoise", 0.0, 1.0, lo_open=True)
+    if "method" in f.meta:   # since the held-out selection: which candidate won, and the comparison
+        extra["method"] = f.text("method", choices=METHODS)
+    for key in ("solver", "selection"):
+        if key in f.meta:
+            extra[key] = f.text(key, max_len=4000)
+    return extra
+
+
 def _load_fields(f: FileCheck) -> "OLSSProfile":
     """Every field of an OLSS profile file checked against the format (format version 1):
 
@@ -451,64 +521,12 @@ def _load_fields(f: FileCheck) -> "OLSSProfile":
               teacher_sigmas (n+1) strictly decreasing and ending in 0, r_factor (2n+1, 2n+1) upper
               triangular; int64/int32: path (k); all finite.
     """
-    name = f.path.name
-
-    def inconsistent(key, problem):
-        return ProfileError(f"{KIND} file {name} is inconsistent: {key} {problem}")
-    kind = f.text("kind")
-    if kind != "olss_profile":
-        raise ProfileError(f"{KIND} file {name}: kind is {kind!r}: a FewStep file, not an OLSS profile")
-    if isinstance(f.meta.get("format_version"), int) and not isinstance(f.meta["format_version"], bool) \
-            and f.meta["format_version"] > FORMAT_VERSION:
-        raise ProfileError(f"{KIND} file {name} has format_version {f.meta['format_version']}; this FewStep "
-                           f"reads up to {FORMAT_VERSION}: update FewStep")
-    f.integer("format_version", 1, FORMAT_VERSION)
-    f.integer(FORMAT_KEY, 1, FORMAT_VERSION)
+    _check_kind_and_version(f)
     family = f.text("family", choices=families.FAMILIES)
-    # the sizes come from the tensors; the metadata must agree with them
-    t_sig = f.tensor("teacher_sigmas", ndim=1, min_numel=2, max_numel=MAX_TEACHER_STEPS + 1).to(torch.float64)
-    n = t_sig.numel() - 1
-    k = f.tensor("wx", ndim=1, min_numel=MIN_STEPS, max_numel=min(MAX_STEPS, n)).numel()
-    for key, want in (("teacher_steps", n), ("steps", k)):
-        got = f.integer(key, 1, MAX_TEACHER_STEPS)
-        if got != want:
-            tname = "teacher_sigmas" if key == "teacher_steps" else "wx"
-            raise inconsistent(f"tensor '{tname}'", f"holds {want} steps, but metadata {key} is {got}")
-    if float(t_sig[-1]) != 0.0 or float(t_sig[-2]) <= 0 or not bool((t_sig[1:] < t_sig[:-1]).all()):
-        raise f.error("tensor 'teacher_sigmas'", "is not a strictly decreasing schedule ending in 0")
-    if family == families.FLOW and float(t_sig[0]) > 1.0:
-        raise f.error("tensor 'teacher_sigmas'", f"starts at {float(t_sig[0]):.6g}; flow sigmas are at most 1")
-    sigmas = f.tensor("sigmas", shape=(k + 1,)).to(torch.float64)
-    wx = f.tensor("wx", shape=(k,)).to(torch.float64)
-    we = f.tensor("we", shape=(k, k)).to(torch.float64)
-    if bool((torch.triu(we, diagonal=1) != 0).any()):
-        raise f.error("tensor 'we'", "must be lower triangular (a step uses only the outputs so far)")
-    step_error = f.tensor("step_error", shape=(k,)).to(torch.float64)
-    if bool((step_error < 0).any()):
-        raise f.error("tensor 'step_error'", "holds negative errors")
-    path = f.tensor("path", dtypes=INT_DTYPES, shape=(k,)).to(torch.int64)
-    r = f.tensor("r_factor", shape=(2 * n + 1, 2 * n + 1)).to(torch.float64)
-    if bool((torch.tril(r, diagonal=-1) != 0).any()):
-        raise f.error("tensor 'r_factor'", "must be upper triangular (a QR factor)")
-    positive = t_sig[t_sig > 0]
-    for key, want in (("sigma_min", float(positive.min())), ("sigma_max", float(t_sig.max()))):
-        got = f.number(key, 0.0, math.inf)
-        if not math.isclose(got, want, rel_tol=1e-9):
-            raise inconsistent(key, f"is {got!r}, but the teacher sigmas give {want!r}")
-    for key, tensor in (("selected_sigmas", sigmas), ("step_error", step_error)):
-        got = torch.tensor(f.number_list(key, tensor.numel()), dtype=torch.float64)
-        if not torch.allclose(got, tensor, rtol=1e-9, atol=0):
-            raise inconsistent(key, f"does not match tensor '{'sigmas' if key == 'selected_sigmas' else key}'")
-    if f.int_list("path", k, default=None) not in (None, [int(i) for i in path]):
-        raise inconsistent("path", "does not match tensor 'path'")
-    extra = {}
-    if "denoise" in f.meta:
-        extra["denoise"] = f.number("denoise", 0.0, 1.0, lo_open=True)
-    if "method" in f.meta:   # since the held-out selection: which candidate won, and the comparison
-        extra["method"] = f.text("method", choices=METHODS)
-    for key in ("solver", "selection"):
-        if key in f.meta:
-            extra[key] = f.text(key, max_len=4000)
+    t_sig, n, k = _teacher_grid(f, family)
+    sigmas, wx, we, step_error, path, r = _coefficient_tensors(f, n, k)
+    _check_metadata_agrees(f, t_sig, sigmas, step_error, path, k)
+    extra = _optional_fields(f)
     return OLSSProfile(
         family=family, sigmas=sigmas, wx=wx, we=we, step_error=step_error, teacher_sigmas=t_sig, path=path,
         r_factor=r, rows=f.integer("rows", 1, 2 ** 62), teacher=f.text("teacher", max_len=200),

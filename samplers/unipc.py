@@ -23,19 +23,19 @@ import math
 import torch
 
 from ._common import (alpha_of, check_choice, check_float_range, first_order_coeffs, lam_of, multistep_order,
-                      limit_order_by_step_ratio, phi, setup)
+                      limit_order_by_step_ratio, phi, setup, step_order)
 
 VARIANTS = ("bh1", "bh2")
 
 
 def _coefficients(rks, h, variant):
-    """(B, b, R) for data prediction: hh = -h (plain Python lists: this runs every step)."""
-    hh = -h
-    big_b = hh if variant == "bh1" else math.expm1(hh)
+    """(B(h), b, R) for data prediction, with neg_h = -h (plain Python lists: this runs every step)."""
+    neg_h = -h
+    b_of_h = neg_h if variant == "bh1" else math.expm1(neg_h)
     p = len(rks)
-    b = [hh * phi(i + 2, hh) * math.factorial(i + 1) / big_b for i in range(p)]
+    b = [neg_h * phi(i + 2, neg_h) * math.factorial(i + 1) / b_of_h for i in range(p)]
     R = [[r ** i for r in rks] for i in range(p)]
-    return big_b, b, R
+    return b_of_h, b, R
 
 
 def _solve(A, y):
@@ -52,6 +52,25 @@ def _solve(A, y):
     for rr in range(n - 1, -1, -1):
         z[rr] = (M[rr][n] - sum(M[rr][k] * z[k] for k in range(rr + 1, n))) / M[rr][rr]
     return z
+
+
+def _predictor(p, R, bvec, d1s):
+    """UniP's correction sum_{k<p} a_k D1_k (None at order 1; a = 1/2 at order 2)."""
+    if p == 1:
+        return None
+    if p == 2:
+        return 0.5 * d1s[0]
+    rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
+    return sum(c * d for c, d in zip(rho, d1s))
+
+
+def _corrector(p, R, bvec, d1s, d_change):
+    """UniC's correction sum_{k<p} c_k D1_k + c_p (D_t - D_s) (c = 1/2 at order 1)."""
+    rho_c = [0.5] if p == 1 else _solve(R, bvec)
+    corr = rho_c[-1] * d_change
+    for c, d in zip(rho_c[:-1], d1s):
+        corr = corr + c * d
+    return corr
 
 
 @torch.no_grad()
@@ -87,35 +106,21 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         a, b0 = first_order_coeffs(s, t, fam)
         alpha_t = alpha_of(t, fam)
         x0_part = a * x + b0 * denoised
-        p = min(order, len(hist_d))
-        if lower_order_final:
-            p = min(p, n - i)
-        p = max(1, p)
+        p = step_order(order, i, n, lower_order_final, len(hist_d), final_below=None)
         h = lams[i + 1] - lams[i]
         p = limit_order_by_step_ratio(p, hist_l, h, min_step_ratio)
         rks = [(hist_l[k] - hist_l[0]) / h for k in range(1, p)] + [1.0]
-        big_b, bvec, R = _coefficients(rks, h, variant)
+        b_of_h, bvec, R = _coefficients(rks, h, variant)
         d1s = [(hist_d[k] - denoised) / rks[k - 1] for k in range(1, p)]
-        # predictor
-        if p == 1:
-            pred = None
-        elif p == 2:
-            pred = 0.5 * d1s[0]
-        else:
-            rho = _solve([row[:-1] for row in R[:-1]], bvec[:-1])
-            pred = sum(c * d for c, d in zip(rho, d1s))
-        x_t = x0_part if pred is None else x0_part - (alpha_t * big_b) * pred
+        pred = _predictor(p, R, bvec, d1s)
+        x_t = x0_part if pred is None else x0_part - (alpha_t * b_of_h) * pred
         last = i == n - 1
         if last:
             x = x_t
             break
         d_t = run.denoise(x_t, i + 1)
         if use_corrector:
-            rho_c = [0.5] if p == 1 else _solve(R, bvec)
-            corr = rho_c[-1] * (d_t - denoised)
-            for c, d in zip(rho_c[:-1], d1s):
-                corr = corr + c * d
-            x_t = x0_part - (alpha_t * big_b) * corr
+            x_t = x0_part - (alpha_t * b_of_h) * _corrector(p, R, bvec, d1s, d_t - denoised)
         x = x_t
         denoised = d_t
     return x

@@ -17,7 +17,6 @@ from .ays import AYS_MODEL_TYPES, ays_full, ays_table, loglinear_interp
 SCHEDULE_NAMES = ("karras", "logsnr_uniform", "time_uniform", "time_quadratic", "polyexponential", "ays", "beta")
 #: default rho per schedule (only karras and polyexponential use it)
 DEFAULT_RHO = {"karras": 7.0, "polyexponential": 1.0}
-RHO_USERS = tuple(DEFAULT_RHO)
 
 
 def get_schedule(name: str, steps: int, model_sigmas: ModelSigmas, denoise: float = 1.0,
@@ -46,7 +45,7 @@ def get_schedule(name: str, steps: int, model_sigmas: ModelSigmas, denoise: floa
         return with_denoise(builders[name], steps, denoise, build_tail=tails.get(name),
                             check_interrupt=check_interrupt)
     except ValueError as e:
-        if name in RHO_USERS and "strictly decreasing" in str(e):
+        if name in DEFAULT_RHO and "strictly decreasing" in str(e):
             hint = "raise rho towards 7" if name == "karras" else "move rho towards 1"
             raise ValueError(f"{e}; or, with {name} at rho {rho:g}: {hint}") from None
         raise

@@ -23,7 +23,7 @@ def check_denoise(denoise) -> float:
     return float(denoise)
 
 
-def check_positive(value, widget: str, lo: float = 0.0, hi: float = 1000.0) -> float:
+def check_positive(value, widget: str, lo: float, hi: float) -> float:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or not (lo < value <= hi):
         raise ValueError(f"{widget} must be in ({lo:g}, {hi:g}], got {value!r}")
     return float(value)

@@ -73,10 +73,6 @@ def remap_to_model(sigmas: torch.Tensor, src_family: str, ms: ModelSigmas) -> to
     return out
 
 
-def table_family(model_type: str) -> str:
-    return families.EPS
-
-
 def needs_remap(table: torch.Tensor, ms: ModelSigmas, rtol: float = 1e-3) -> bool:
     if ms.family != families.EPS:
         return True
@@ -88,7 +84,7 @@ def ays_full(model_type: str, total: int, ms: ModelSigmas | None = None, table=N
     """A full (denoise 1) AYS schedule of ``total`` steps: total+1 values, the last replaced by 0.
     ``table`` overrides the published one (e.g. a schedule saved by the AYS optimizer)."""
     t = ays_table(model_type) if table is None else torch.as_tensor(table, dtype=torch.float64)
-    src_family = table_family(model_type) if table is None else (ms.family if ms is not None else families.EPS)
+    src_family = families.EPS if table is None else (ms.family if ms is not None else families.EPS)
     if ms is not None and table is None and needs_remap(t, ms):
         t = remap_to_model(t, src_family, ms)
     s = loglinear_interp(t, total + 1)

@@ -151,7 +151,6 @@ class KLUBEstimator:
         self.u = (perm + torch.rand(n, generator=g, dtype=torch.float64)) / n  # stratified in (0, 1)
         self.eps_t = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
         self.eps_up = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
-        self.eps_prev = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0.device, self.dtype)
         self.cache: dict = {}
         self.evaluations = 0  # denoiser calls on single latents (a CFG model counts its own)
 
@@ -166,14 +165,10 @@ class KLUBEstimator:
             self.evaluations += xb.shape[0]
         return torch.cat(outs)
 
-    def interval(self, sigma_hi: float, sigma_lo: float, sigma_prev: float | None = None) -> torch.Tensor:
-        """Per-sample KLUB terms (N,) of the step sigma_hi -> sigma_lo (sigma_hi > sigma_lo).
-
-        Without ``sigma_prev`` the solver's denoiser on the step is frozen at D(x_hi) (first order:
-        stochastic DDIM / Euler). With it (order 2, DPM-Solver++(2M)), the solver's denoiser is the
-        linear extrapolation in lambda through D(x_prev) and D(x_hi), both on the same path."""
-        key = (round(float(sigma_hi), 12), round(float(sigma_lo), 12),
-               None if sigma_prev is None else round(float(sigma_prev), 12))
+    def interval(self, sigma_hi: float, sigma_lo: float) -> torch.Tensor:
+        """Per-sample KLUB terms (N,) of the step sigma_hi -> sigma_lo (sigma_hi > sigma_lo), the solver's
+        denoiser frozen on the step at D(x_hi) (first order: stochastic DDIM / Euler, the paper's bound)."""
+        key = (round(float(sigma_hi), 12), round(float(sigma_lo), 12))
         hit = self.cache.get(key)
         if hit is not None:
             return hit
@@ -197,18 +192,7 @@ class KLUBEstimator:
         noise_hi = col(r) * self.eps_t + col((1 - r * r).clamp_min(0).sqrt()) * self.eps_up
         d_t = self._denoise(x_t, sig_t)
         d_hi = self._denoise(self._at(sigma_hi, noise_hi), torch.full((self.n,), float(sigma_hi), dtype=torch.float64))
-        pred = d_hi
-        if sigma_prev is not None:
-            q_pr = snr(sigma_prev, fam)
-            r2 = float((q_pr / q_hi).sqrt())       # s_hi / s_prev
-            noise_pr = r2 * noise_hi + math.sqrt(max(0.0, 1 - r2 * r2)) * self.eps_prev
-            d_pr = self._denoise(self._at(sigma_prev, noise_pr), torch.full((self.n,), float(sigma_prev), dtype=torch.float64))
-            l_hi = 0.5 * float(q_hi.log())
-            l_pr = 0.5 * float(q_pr.log()) if q_pr > 0 else -math.inf
-            if math.isfinite(l_pr):
-                slope = (0.5 * q_t.log() - l_hi) / (l_hi - l_pr)     # (lambda_t - lambda_hi) / h_prev
-                pred = d_hi + col(slope) * (d_hi - d_pr)
-        msd = (d_t - pred).to(torch.float64).pow(2).flatten(1).mean(1).cpu()
+        msd = (d_t - d_hi).to(torch.float64).pow(2).flatten(1).mean(1).cpu()
         out = msd * float(q_lo - q_hi) / 2.0
         self.cache[key] = out
         return out
@@ -217,16 +201,10 @@ class KLUBEstimator:
         a = float(families.alpha(torch.tensor(float(sigma), dtype=torch.float64), self.family))
         return a * self.x0 + float(sigma) * noise
 
-    def schedule(self, sigmas, order: int = 1) -> torch.Tensor:
+    def schedule(self, sigmas) -> torch.Tensor:
         """Per-sample KLUB (N,) of a whole schedule (descending, positive: sigma_max .. sigma_min)."""
         s = [float(v) for v in sigmas]
-        return sum(self.term(s, j, order) for j in range(len(s) - 1))
-
-    def term(self, s: list, j: int, order: int) -> torch.Tensor:
-        """KLUB of step j (s[j] -> s[j+1]) of schedule ``s`` for a solver of ``order`` (1 or 2; the
-        first step of a multistep solver has no history and is first order)."""
-        prev = s[j - 1] if (order >= 2 and j >= 1) else None
-        return self.interval(s[j], s[j + 1], prev)
+        return sum(self.interval(s[j], s[j + 1]) for j in range(len(s) - 1))
 
 
 # --- search ---------------------------------------------------------------------------------------
@@ -382,89 +360,90 @@ def subdivide(sigmas, ms: ModelSigmas) -> list:
     return out
 
 
-def _local(est: KLUBEstimator, s: list, i: int, order: int) -> torch.Tensor:
-    """The part of the schedule's KLUB that depends on point i: the steps that start or end at it
-    (and, for order 2, the step after, which extrapolates through it)."""
-    js = range(max(0, i - 1), min(len(s) - 1, i + order))
-    return sum(est.term(s, j, order) for j in js)
+def _local(est: KLUBEstimator, s: list, i: int) -> torch.Tensor:
+    """The part of the schedule's KLUB that depends on point i: the steps that start or end at it."""
+    return sum(est.interval(s[j], s[j + 1]) for j in range(max(0, i - 1), min(len(s) - 1, i + 1)))
+
+
+def _with(sched: list, i: int, value: float) -> list:
+    trial = list(sched)
+    trial[i] = value
+    return trial
+
+
+def _candidates(sched: list, i: int, w: float, ms: ModelSigmas, table, count: int) -> list:
+    """Point i's candidate values (both stages): ``count`` points on a lambda window of ``w`` times the
+    distance to each neighbour, snapped to the grid, strictly between the neighbours, other than the
+    current value and not below sigma_min."""
+    fam = ms.family
+    hi, cur, lo = sched[i - 1], sched[i], sched[i + 1]
+    l_hi, l_cur, l_lo = _lam_eff(hi, fam, ms), _lam_eff(cur, fam, ms), _lam_eff(lo, fam, ms)
+    out = []
+    for lv in np.linspace(l_cur - w * (l_cur - l_hi), l_cur + w * (l_lo - l_cur), count):
+        s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
+        if lo < s < hi and s not in out and s != cur and s >= ms.sigma_min * (1 - 1e-12):
+            out.append(s)
+    return out
+
+
+def _bound_proposal(est: KLUBEstimator, sched: list, i: int, cands: list, z: float):
+    """The candidate for point i that lowers the bound the most, significantly (paired over the samples,
+    ``z`` standard errors), or None."""
+    base = _local(est, sched, i)
+    proposals = []
+    for s in cands:
+        d = _local(est, _with(sched, i, s), i) - base
+        if _significant(d, z):
+            proposals.append((-float(d.mean()), s))
+    proposals.sort(reverse=True)
+    return proposals[0][1] if proposals else None
+
+
+def _sweep(est: KLUBEstimator, sched: list, w: float, ms: ModelSigmas, table, candidates: int, z: float,
+           validate: Callable | None, cur_val, tick: Callable):
+    """One stage-1 sweep over the interior points (in place): each takes the bound's best proposal, and
+    with ``validate`` only when that also lowers the pairs' sampling error significantly.
+    Returns (points moved, proposals the pairs rejected, the pairs' current errors)."""
+    moved = rejected = 0
+    for i in range(1, len(sched) - 1):
+        best = _bound_proposal(est, sched, i, _candidates(sched, i, w, ms, table, candidates), z)
+        if best is not None and validate is not None:
+            v = validate(_with(sched, i, best))
+            if _significant(v - cur_val, z):
+                cur_val = v
+            else:
+                best = None
+                rejected += 1
+        if best is not None:
+            sched[i] = best
+            moved += 1
+        tick()
+    return moved, rejected, cur_val
 
 
 def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, candidates: int,
             table: torch.Tensor | None, z: float, tol: float, window: float, shrink: float, tick: Callable,
-            order: int, validate: Callable | None, patience: int, accept: str = "move", tries: int = 1):
-    """Coordinate sweeps on one level. Returns (schedule, klub0, klub1, sweeps, reason, val0, val1)."""
-    fam = ms.family
-    n = len(sched) - 1
-    total0 = float(est.schedule(sched, order).mean())
-    prev = total0
-    val0 = validate(sched) if validate is not None else None
-    per_move = validate is not None and accept == "move"
-    cur_val = val0
-    rejected = 0
+            validate: Callable | None):
+    """Stage 1 on one level: coordinate sweeps on the bound, the window shrinking by ``shrink`` a sweep.
+    Stops when no point moves, when every proposal of a sweep was rejected by the pairs, or (without
+    pairs) when a sweep lowers the bound by less than ``tol``.
+    Returns (schedule, klub0, klub1, sweeps, reason, val0, val1)."""
+    total0 = prev = float(est.schedule(sched).mean())
+    val0 = cur_val = validate(sched) if validate is not None else None
     best_val, best_sched, best_klub, best_sweep = val0, list(sched), total0, 0
-    bad = 0
     reason = f"iterations ({iterations}) done"
     sweeps = 0
     for k in range(iterations):
         sweeps += 1
-        moved = 0
-        rejected = 0
-        w = window * (shrink ** k)
-        for i in range(1, n):
-            hi, cur, lo = sched[i - 1], sched[i], sched[i + 1]
-            l_hi, l_cur, l_lo = _lam_eff(hi, fam, ms), _lam_eff(cur, fam, ms), _lam_eff(lo, fam, ms)
-            a = l_cur - w * (l_cur - l_hi)
-            b = l_cur + w * (l_lo - l_cur)
-            cands = []
-            for lv in np.linspace(a, b, candidates):
-                s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
-                if lo < s < hi and s not in cands and s != cur and s >= ms.sigma_min * (1 - 1e-12):
-                    cands.append(s)
-            base = _local(est, sched, i, order)
-            proposals = []                            # (gain in the bound, candidate), significant ones
-            for s in cands:
-                trial = list(sched)
-                trial[i] = s
-                d = _local(est, trial, i, order) - base   # paired over samples
-                mean = float(d.mean())
-                se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-                if mean < -z * se:
-                    proposals.append((-mean, s))
-            proposals.sort(reverse=True)
-            best = proposals[0][1] if proposals else cur
-            if per_move and proposals:
-                best = cur
-                for _, s in proposals[:tries]:        # the bound's best proposals, best first
-                    trial = list(sched)
-                    trial[i] = s
-                    v = validate(trial)
-                    d = v - cur_val                   # paired over the validation pairs
-                    se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-                    if float(d.mean()) < -z * se:
-                        best, cur_val = s, v
-                        break
-                    rejected += 1
-            if best != cur:
-                sched[i] = best
-                moved += 1
-            tick()
-        total = float(est.schedule(sched, order).mean())
-        if per_move:
-            if moved:
-                best_val, best_sched, best_klub, best_sweep = cur_val, list(sched), total, sweeps
-            elif rejected:
-                reason = (f"early stop: in sweep {sweeps} every move the bound proposed ({rejected}) would have "
-                          "raised the sampling error")
-                break
-        elif validate is not None and moved:
-            v = validate(sched)
-            if _rms(v) < _rms(best_val):
-                best_val, best_sched, best_klub, best_sweep, bad = v, list(sched), total, sweeps, 0
-            else:
-                bad += 1
-                if bad >= patience:
-                    reason = (f"early stop: the sampling error rose for {bad} sweep(s); kept sweep {best_sweep}")
-                    break
+        moved, rejected, cur_val = _sweep(est, sched, window * (shrink ** k), ms, table, candidates, z, validate,
+                                          cur_val, tick)
+        total = float(est.schedule(sched).mean())
+        if validate is not None and moved:
+            best_val, best_sched, best_klub, best_sweep = cur_val, list(sched), total, sweeps
+        elif validate is not None and rejected:
+            reason = (f"early stop: in sweep {sweeps} every move the bound proposed ({rejected}) would have "
+                      "raised the sampling error")
+            break
         if moved == 0:
             reason = f"converged: no significant move in sweep {sweeps}"
             break
@@ -475,7 +454,7 @@ def _refine(est: KLUBEstimator, sched: list, ms: ModelSigmas, iterations: int, c
         prev = total
     if validate is None:
         return sched, total0, prev, sweeps, reason, None, None
-    if best_sweep != sweeps and "kept sweep" not in reason:
+    if best_sweep != sweeps:
         reason += f"; kept sweep {best_sweep} (lowest sampling error)"
     return best_sched, total0, best_klub, sweeps, reason, _rms(val0), _rms(best_val)
 
@@ -570,19 +549,43 @@ def _significant(d: torch.Tensor, z: float) -> bool:
     return float(d.mean()) < -z * se
 
 
+def _align_point(errors: TeacherError, sched: list, i: int, cands: list, cur, cur_worst: float, z: float,
+                 safety: "Safety | None", safe_tries: int):
+    """Stage 2 at point i: (value, errors, outputs, worst check ratio) of the candidate to take, or None.
+    Of the significant candidates the ``safe_tries`` best are tried, best first, and the first safe one
+    is taken; while the schedule is unsafe, failing that, the candidate that lowers the worst check ratio
+    most (by 2% at least) at a loss of at most RESTORE_LOSS."""
+    top = []                                          # the best significant (mean change, value, errors, outputs)
+    keep = 1 if safety is None else safe_tries
+    unsafe = safety is not None and cur_worst > safety.ratio
+    near = None                                       # unsafe: (worst ratio, value, errors, outputs), the lowest
+    for s in cands:
+        trial = _with(sched, i, s)
+        e, r = errors.trial(trial, i)
+        d = e - cur
+        if _significant(d, z):
+            top = sorted(top + [(float(d.mean()), s, e, r)], key=lambda t: t[0])[:keep]
+        elif unsafe and _rms(e) <= RESTORE_LOSS * _rms(cur):  # a small loss: a step towards safety?
+            w_ = safety.worst(trial)[1]
+            if near is None or w_ < near[0]:
+                near = (w_, s, e, r)
+    for _, s, e, r in top:
+        w_ = safety.worst(_with(sched, i, s))[1] if safety is not None else 0.0
+        if safety is None or w_ <= max(safety.ratio, cur_worst if unsafe else 0.0):
+            return s, e, r, w_
+    if near is not None and near[0] < cur_worst * 0.98:
+        return near[1], near[2], near[3], near[0]
+    return None
+
+
 def _align(errors: TeacherError, sched: list, ms: ModelSigmas, sweeps: int, candidates: int,
            table: torch.Tensor | None, z: float, window: float, shrink: float, tick: Callable,
            safety: "Safety | None" = None, safe_tries: int = 2):
     """Stage 2: coordinate sweeps on the sampling error of the teacher pairs itself. Every interior point
     in turn takes the candidate (on the same lambda window as stage 1) that lowers the pairs' error the
     most, when that is significant (paired, ``z`` standard errors) and, with ``safety`` (a Safety: no
-    check solver far worse than with its best fixed schedule), safe; of the significant candidates the
-    ``safe_tries`` best are tried, best first. While the schedule is not safe (an unsafe start), a point
-    may instead take the candidate that lowers the worst check ratio most at a loss of at most
-    RESTORE_LOSS (relative rms error on the pairs).
+    check solver far worse than with its best fixed schedule), safe (``_align_point``).
     Returns (schedule, error before, error after, sweeps run, why it stopped)."""
-    fam = ms.family
-    n = len(sched) - 1
     sched = list(sched)
     cur, recs = errors.trial(sched, 0)
     errors.adopt(recs)
@@ -594,46 +597,12 @@ def _align(errors: TeacherError, sched: list, ms: ModelSigmas, sweeps: int, cand
         run += 1
         moved = 0
         w = window * (shrink ** k)
-        for i in range(1, n):
-            hi, c, lo = sched[i - 1], sched[i], sched[i + 1]
-            l_hi, l_c, l_lo = _lam_eff(hi, fam, ms), _lam_eff(c, fam, ms), _lam_eff(lo, fam, ms)
-            cands = []
-            for lv in np.linspace(l_c - w * (l_c - l_hi), l_c + w * (l_lo - l_c), candidates):
-                s = _snap(float(families.sigma_from_lam(float(lv), fam)), table)
-                if lo < s < hi and s != c and s not in cands and s >= ms.sigma_min * (1 - 1e-12):
-                    cands.append(s)
-            top = []                                      # the best significant (mean change, value, errors, outputs)
-            keep = 1 if safety is None else safe_tries
-            unsafe = safety is not None and cur_worst > safety.ratio
-            near = None                                   # unsafe: (worst ratio, value, errors, outputs), the lowest
-            for s in cands:
-                trial = list(sched)
-                trial[i] = s
-                e, r = errors.trial(trial, i)
-                d = e - cur
-                if _significant(d, z):
-                    top = sorted(top + [(float(d.mean()), s, e, r)], key=lambda t: t[0])[:keep]
-                elif unsafe and _rms(e) <= RESTORE_LOSS * _rms(cur):  # a small loss: a step towards safety?
-                    w_ = safety.worst(trial)[1]
-                    if near is None or w_ < near[0]:
-                        near = (w_, s, e, r)
-            best = None
-            for cand in top:
-                trial = list(sched)
-                trial[i] = cand[1]
-                w_ = safety.worst(trial)[1] if safety is not None else 0.0
-                if safety is None or w_ <= max(safety.ratio, cur_worst if unsafe else 0.0):
-                    best, new_worst = cand, w_
-                    break
-            if best is None and near is not None:
-                w_, s_, e_, r_ = near
-                if w_ < cur_worst * 0.98:
-                    best, new_worst = (0.0, s_, e_, r_), w_
-            if best is not None and safety is not None:
-                cur_worst = new_worst
-            if best is not None:
-                sched[i], cur = best[1], best[2]
-                errors.adopt(best[3])
+        for i in range(1, len(sched) - 1):
+            pick = _align_point(errors, sched, i, _candidates(sched, i, w, ms, table, candidates), cur, cur_worst,
+                                z, safety, safe_tries)
+            if pick is not None:
+                sched[i], cur, recs, cur_worst = pick
+                errors.adopt(recs)
                 moved += 1
             tick()
         if moved == 0:
@@ -642,58 +611,10 @@ def _align(errors: TeacherError, sched: list, ms: ModelSigmas, sweeps: int, cand
     return sched, err0, _rms(cur), run, reason
 
 
-def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas, steps: int = 10,
-                 iterations: int = 8, candidates: int = 9, seed: int = 0, discrete: bool | None = None,
-                 batch_size: int | None = None, validation: tuple | None = None, solver: Callable | None = None,
-                 init: str = "auto", order: int = 1, z: float = 1.0, tol: float = 0.005,
-                 window: float = 0.5, shrink: float = 0.85, patience: int = 2, accept: str = "move",
-                 auto_init: tuple = AUTO_INIT, tries: int = 1, align: str | None = None,
-                 align_candidates: int = 17, holdout: tuple | None = None, check_solvers: dict | None = None,
-                 refine_starts: int = 2, align_cache: bool | None = None, safe_ratio: float = SAFE_RATIO,
-                 progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
-    """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
-
-    ``model_sigmas``: the model's family and sigma grid (endpoints sigma_max, sigma_min stay fixed).
-    ``discrete``: round candidates to the model's sigma grid (default: True for eps models, whose
-    networks take integer timesteps; False for flow). ``iterations``: the most sweeps per level.
-    ``candidates``: candidate values per point per sweep, on a window of ``window`` times the distance
-    to each neighbour (in lambda), shrinking by ``shrink`` every sweep. ``init``: the hand-crafted
-    starting schedule (a ``get_schedule`` name, or "auto": the one of AUTO_INIT with the lowest
-    validation error). ``order``: the solver whose discretisation the bound
-    is taken for (1: denoiser frozen on each step, the paper's stochastic DDIM; 2: linear extrapolation
-    in lambda, DPM-Solver++(2M)).
-
-    Early stopping: with ``validation = (x_T, x_ref)`` — noisy states at sigma_max and their fine-solver
-    endpoints (teacher pairs) — every sweep's schedule is sampled with ``solver`` (default
-    DPM-Solver++(2M)) and the sweep with the lowest endpoint error is kept; the sweeps stop after
-    ``patience`` sweeps without improvement. Without validation the sweeps stop when one lowers the
-    bound by less than ``tol`` (relative). In both, a point only moves on a statistically significant
-    (``z`` paired standard errors) improvement of the bound.
-
-    ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
-    denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
-    ``tries``: with ``accept="move"``, how many of the bound's best proposals for a point are checked
-    against the validation pairs, best first (1: only the best).
-    ``align``: a solver of ALIGN_SOLVERS (needs ``validation``): after the bound's refinement of each
-    level, stage 2 refines the schedule on the sampling error of the validation pairs with that solver
-    itself (``_align``; at most ``iterations`` sweeps, ``align_candidates`` per point on the same windows,
-    the same significance rule; 17 rather than 9: finer moves, at no loss on the held-out noises of
-    bench/ays.py). The bound
-    is the paper's; this stage is FewStep's: the KLUB bounds the stochastic sampler's error, not an ODE
-    solver's, and its optimum crowds low noise. ``solver`` defaults to the ``align`` solver then; with
-    another ``solver`` (e.g. one of ComfyUI's samplers, given by the node) ``align`` is only its label, and
-    ``align_cache`` says whether its call k depends on sigmas[0..k] only (TeacherError's prefix cache).
-
-    Held-out pairs (``holdout = (x_T, x_ref)``, teacher pairs no stage fits on): with ``init="auto"``
-    every START_SCHEDULES entry, exactly as it samples, is scored on them with ``solver`` and the best
-    ``refine_starts`` are refined; the refined start with the lowest held-out error is kept (``res.init``).
-    At the end (``_guard``) the schedule for ``steps`` competes on the held-out pairs with the stage-1
-    schedule and with every fixed schedule at ``steps``: it is kept only when it is not worse than the
-    best of them with ``solver`` and, with every solver of ``check_solvers`` (name -> solve(model, x,
-    sigmas)), within ``safe_ratio`` of that solver's best fixed schedule; otherwise the best candidate
-    that is, or the best fixed schedule itself. ``res.guard`` says what was kept and why.
-    Deterministic for a given ``seed``.
-    """
+def _check_options(x0, model_sigmas, steps, iterations, candidates, init, auto_init, align, solver, refine_starts,
+                   holdout, align_candidates, validation):
+    """optimize_ays's arguments, checked; returns (steps, iterations)."""
+    from . import SCHEDULE_NAMES
     from ._common import check_steps
     steps = check_steps(steps, "steps", minimum=2)
     iterations = check_steps(iterations, "iterations", minimum=1)
@@ -701,20 +622,15 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         raise ValueError(f"candidates must be in [2, 64], got {candidates!r}")
     if not isinstance(model_sigmas, ModelSigmas):
         raise TypeError("model_sigmas must be a fewstep ModelSigmas")
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 (stochastic DDIM/Euler) or 2 (DPM-Solver++(2M)), got {order!r}")
     if x0.shape[0] < MIN_SAMPLES or x0.shape[0] > MAX_SAMPLES:
         raise ValueError(f"samples must be in [{MIN_SAMPLES}, {MAX_SAMPLES}] data latents, got {x0.shape[0]}")
     if not torch.isfinite(x0).all():
         raise ValueError("the data latents contain NaN or inf")
-    from . import SCHEDULE_NAMES
     inits = ("auto",) + tuple(SCHEDULE_NAMES)
     if init not in inits:
         raise ValueError(f"init must be one of {inits}, got {init!r}")
     if not auto_init or any(x not in inits[1:] for x in auto_init):
         raise ValueError(f"auto_init must be a non-empty tuple of {inits[1:]}, got {auto_init!r}")
-    if accept not in ("move", "sweep"):
-        raise ValueError(f"accept must be 'move' or 'sweep', got {accept!r}")
     if align is not None and solver is None and align not in ALIGN_SOLVERS:
         raise ValueError(f"align must be None or one of {ALIGN_SOLVERS}, got {align!r}")
     if not isinstance(refine_starts, int) or refine_starts < 1:
@@ -728,16 +644,15 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     if align is not None and validation[0].shape[0] < ALIGN_MIN_PAIRS:
         raise ValueError(f"align needs at least {ALIGN_MIN_PAIRS} validation pairs, got {validation[0].shape[0]}: "
                          "with fewer, stage 2 fits those pairs and samples other noises worse")
-    ms = model_sigmas
-    fam = ms.family
-    if discrete is None:
-        discrete = fam == families.EPS
-    table = ms.table if discrete else None
-    est = KLUBEstimator(denoiser, x0, fam, seed=seed, batch_size=batch_size, interrupt=interrupt)
-    validate = held = None
+    return steps, iterations
 
-    def count(k):
-        est.evaluations += k
+
+def _teacher_errors(denoiser, validation, holdout, ms, solver, align, align_cache, check_solvers, safe_ratio,
+                    batch_size, interrupt, count):
+    """(validate, held, safety_fit, safety_held): the TeacherErrors of the validation and held-out pairs and
+    the Safety checks on a few validation pairs and on the held-out ones (None where not asked for)."""
+    fam = ms.family
+    validate = held = safety_fit = safety_held = None
     if validation is not None:
         if align_cache is None:
             align_cache = solver is None
@@ -747,53 +662,145 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                                 cache=align is not None and bool(align_cache))
         if holdout is not None:
             held = TeacherError(denoiser, holdout, fam, solver, batch_size, interrupt, count)
-    safety_fit = safety_held = None
     if held is not None and check_solvers:
         k = min(SAFETY_FIT_PAIRS, validation[0].shape[0])
         safety_fit = Safety(denoiser, (validation[0][:k], validation[1][:k]), fam, ms, check_solvers, safe_ratio,
                             batch_size, interrupt, count)
         safety_held = Safety(denoiser, holdout, fam, ms, check_solvers, safe_ratio, batch_size, interrupt, count)
+    return validate, held, safety_fit, safety_held
+
+
+def _held_out_starts(held, safety_held, n: int, ms: ModelSigmas, table, safe_ratio: float, refine_starts: int):
+    """(pool, held-out error of each start, the starts to refine): every START_SCHEDULES entry at ``n``
+    steps that survives the grid rounding, scored on the held-out pairs; the best first, then (with
+    safety checks) the best safe ones."""
+    pool = start_levels(n, ms)
+    if table is not None:       # a start must survive the grid rounding the search applies
+        def on_grid(v):
+            w = [v[0]] + [_snap(x, table) for x in v[1:-1]] + [v[-1]]
+            return all(b < a for a, b in zip(w[:-1], w[1:]))
+        pool = {k: v for k, v in pool.items() if on_grid(v)}
+    start_err = {name: _rms(held(sched)) for name, sched in pool.items()}
+    ranked = sorted(pool, key=lambda k: start_err[k])
+    if safety_held is not None:   # the best start, and the best safe one (within safe_ratio of every check)
+        worst = {k: safety_held.worst(pool[k])[1] for k in pool}
+        safe_first = sorted(pool, key=lambda k: (worst[k] > safe_ratio, start_err[k]))
+        ranked = [ranked[0]] + [k for k in safe_first if k != ranked[0]]
+    return pool, start_err, ranked[:refine_starts]
+
+
+class _Progress:
+    """progress(done, total) after every point; sweeps a stage did not need count as done."""
+
+    def __init__(self, total: int, progress: Callable | None):
+        self.done, self.total, self.progress = 0, total, progress
+
+    def tick(self):
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def skip(self, points: int):
+        self.done += points
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _snapped(sched: list, table) -> list:
+    if table is not None:
+        sched = [sched[0]] + [_snap(v, table) for v in sched[1:-1]] + [sched[-1]]
+    if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
+        raise ValueError(f"steps: the model's sigma grid is too coarse for a {len(sched) - 1}-step schedule")
+    return sched
+
+
+def _first_level(res: AYSResult, refine: Callable, n: int, ms: ModelSigmas, pool, starts: list, start_err: dict,
+                 held) -> tuple:
+    """Stage 1 of the coarsest level from each start; the kept one (res.init, res.starts)."""
+    if pool is not None:
+        # held-out pairs: refine the best starts on them, keep the one lowest on them after stage 1
+        runs = [(refine(pool[name], n), name) for name in starts]
+        scored = [(_rms(held(r[0])), r, name) for r, name in runs]
+        _, out, res.init = min(scored, key=lambda t: t[0])
+        res.starts = {name: (start_err[name], e) for e, _, name in scored}
+        res.start_error = start_err[res.init]
+        return out
+    # one start, or init "auto" with validation pairs: refine from every start, keep the lowest sampling error
+    runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
+    out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
+    res.starts = {name: (r[5], r[6]) for r, name in runs}
+    return out
+
+def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas, steps: int = 10,
+                 iterations: int = 8, candidates: int = 9, seed: int = 0, discrete: bool | None = None,
+                 batch_size: int | None = None, validation: tuple | None = None, solver: Callable | None = None,
+                 init: str = "auto", z: float = 1.0, tol: float = 0.005, window: float = 0.5, shrink: float = 0.85,
+                 auto_init: tuple = AUTO_INIT, align: str | None = None, align_candidates: int = 17,
+                 holdout: tuple | None = None, check_solvers: dict | None = None, refine_starts: int = 2,
+                 align_cache: bool | None = None, safe_ratio: float = SAFE_RATIO,
+                 progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
+    """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
+
+    ``model_sigmas``: the model's family and sigma grid (endpoints sigma_max, sigma_min stay fixed).
+    ``discrete``: round candidates to the model's sigma grid (default: True for eps models, whose
+    networks take integer timesteps; False for flow). ``iterations``: the most sweeps per level.
+    ``candidates``: candidate values per point per sweep, on a window of ``window`` times the distance
+    to each neighbour (in lambda), shrinking by ``shrink`` every sweep. ``init``: the hand-crafted
+    starting schedule (a ``get_schedule`` name, or "auto": the one of AUTO_INIT with the lowest
+    validation error). The bound is the paper's first-order one (stochastic DDIM).
+
+    Stage 1 (``_refine``): a point moves on a statistically significant (``z`` paired standard errors)
+    improvement of the bound. With ``validation = (x_T, x_ref)`` -- noisy states at sigma_max and their
+    fine-solver endpoints (teacher pairs) -- the move must also lower the pairs' sampling error with
+    ``solver`` (default DPM-Solver++(2M)) significantly, and the sweep with the lowest error is kept.
+    Without validation the sweeps stop when one lowers the bound by less than ``tol`` (relative).
+
+    ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
+    denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
+    ``align``: a solver of ALIGN_SOLVERS (needs ``validation``): after stage 1 on each level, stage 2
+    (``_align``) refines the schedule on the sampling error of the validation pairs with that solver
+    itself (at most ``iterations`` sweeps, ``align_candidates`` per point on the same windows, the same
+    significance rule; 17 rather than 9: finer moves, at no loss on the held-out noises of bench/ays.py).
+    The bound is the paper's; stage 2 is FewStep's: the KLUB bounds the stochastic sampler's error, not an
+    ODE solver's, and its optimum crowds low noise. ``solver`` defaults to the ``align`` solver then; with
+    another ``solver`` (e.g. one of ComfyUI's samplers, given by the node) ``align`` is only its label, and
+    ``align_cache`` says whether its call k depends on sigmas[0..k] only (TeacherError's prefix cache).
+
+    Held-out pairs (``holdout = (x_T, x_ref)``, teacher pairs no stage fits on): with ``init="auto"``
+    every START_SCHEDULES entry, exactly as it samples, is scored on them with ``solver`` and the best
+    ``refine_starts`` are refined; the refined start with the lowest held-out error is kept (``res.init``).
+    At the end (``_guard``) the schedule for ``steps`` competes on the held-out pairs with the stage-1
+    schedule and with every fixed schedule at ``steps``: it is kept only when it is not worse than the
+    best of them with ``solver`` and, with every solver of ``check_solvers`` (name -> solve(model, x,
+    sigmas)), within ``safe_ratio`` of that solver's best fixed schedule; otherwise the best candidate
+    that is, or the best fixed schedule itself. ``res.guard`` says what was kept and why.
+    Deterministic for a given ``seed``.
+    """
+    steps, iterations = _check_options(x0, model_sigmas, steps, iterations, candidates, init, auto_init, align,
+                                       solver, refine_starts, holdout, align_candidates, validation)
+    ms, fam = model_sigmas, model_sigmas.family
+    table = ms.table if (fam == families.EPS if discrete is None else discrete) else None
+    est = KLUBEstimator(denoiser, x0, fam, seed=seed, batch_size=batch_size, interrupt=interrupt)
+
+    def count(k):
+        est.evaluations += k
+    validate, held, safety_fit, safety_held = _teacher_errors(
+        denoiser, validation, holdout, ms, solver, align, align_cache, check_solvers, safe_ratio, batch_size,
+        interrupt, count)
     lv = levels_for(steps)
     multi = init == "auto" and validate is not None
+    pool, start_err = None, {}
     if multi and held is not None:
-        pool = start_levels(lv[0], ms)
-        if discrete:       # a start must survive the grid rounding the search applies
-            def on_grid(v):
-                w = [v[0]] + [_snap(x, table) for x in v[1:-1]] + [v[-1]]
-                return all(b < a for a, b in zip(w[:-1], w[1:]))
-            pool = {k: v for k, v in pool.items() if on_grid(v)}
-        start_err = {name: _rms(held(sched)) for name, sched in pool.items()}
-        order_ = sorted(pool, key=lambda k: start_err[k])
-        if safety_held is not None:   # the best start, and the best safe one (within safe_ratio of every check)
-            worst = {k: safety_held.worst(pool[k])[1] for k in pool}
-            safe_first = sorted(pool, key=lambda k: (worst[k] > safe_ratio, start_err[k]))
-            order_ = [order_[0]] + [k for k in safe_first if k != order_[0]]
-        starts = order_[:refine_starts]
+        pool, start_err, starts = _held_out_starts(held, safety_held, lv[0], ms, table, safe_ratio, refine_starts)
     else:
-        pool, start_err = None, {}
         starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
-    total_ticks = sum(iterations * (n - 1) * ((len(starts) if k == 0 else 1) + (align is not None))
-                      for k, n in enumerate(lv))
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total_ticks)
-
-    def snapped(sched):
-        if table is not None:
-            sched = [sched[0]] + [_snap(v, table) for v in sched[1:-1]] + [sched[-1]]
-        if any(b >= a for a, b in zip(sched[:-1], sched[1:])):
-            raise ValueError(f"steps: the model's sigma grid is too coarse for a {len(sched) - 1}-step schedule")
-        return sched
+    prog = _Progress(sum(iterations * (n - 1) * ((len(starts) if k == 0 else 1) + (align is not None))
+                         for k, n in enumerate(lv)), progress)
 
     def refine(sched, n):
-        out = _refine(est, snapped(sched), ms, iterations, candidates, table, z, tol, window, shrink, tick, order,
-                      validate, patience, accept, tries)
-        done[0] += (iterations - out[3]) * (n - 1)   # unused sweeps count as done for the progress bar
-        if progress is not None:
-            progress(done[0], total_ticks)
+        out = _refine(est, _snapped(sched, table), ms, iterations, candidates, table, z, tol, window, shrink,
+                      prog.tick, validate)
+        prog.skip((iterations - out[3]) * (n - 1))   # unused sweeps count as done for the progress bar
         return out
 
     res = AYSResult(sigmas=torch.empty(0), steps=steps, family=fam, sigma_min=ms.sigma_min, sigma_max=ms.sigma_max,
@@ -801,33 +808,19 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     res.start_errors = start_err
     sched = None
     for n in lv:
-        if sched is None and pool is not None:
-            # held-out pairs: refine the best starts on them, keep the one lowest on them after stage 1
-            runs = [(refine(pool[name], n), name) for name in starts]
-            scored = [(_rms(held(r[0])), r, name) for r, name in runs]
-            e1, out, res.init = min(scored, key=lambda t: t[0])
-            res.starts = {name: (start_err[name], e) for e, _, name in scored}
-            res.start_error = start_err[res.init]
-        elif sched is None:
-            # init "auto" with validation pairs: refine from every start, keep the lowest sampling error
-            runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
-            out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
-            res.starts = {name: (r[5], r[6]) for r, name in runs}
+        if sched is None:
+            out = _first_level(res, refine, n, ms, pool, starts, start_err, held)
         else:
             out = refine(subdivide(sched, ms), n)
-        sched, k0, k1, sw, why, v0, v1 = out
+        sched, k0, k1, res.sweeps[n], res.stop_reason[n], v0, v1 = out
         if align is not None:
             res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
             sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
-                                              window, shrink, tick, safety=safety_fit)
-            done[0] += (iterations - asw) * (n - 1)
-            if progress is not None:
-                progress(done[0], total_ticks)
+                                              window, shrink, prog.tick, safety=safety_fit)
+            prog.skip((iterations - asw) * (n - 1))
             res.aligned[n] = (a0, a1, asw, awhy)
         res.levels[n] = torch.tensor(sched, dtype=torch.float64)
         res.klub[n] = (k0, k1)
-        res.sweeps[n] = sw
-        res.stop_reason[n] = why
         if v0 is not None:
             res.validation[n] = (v0, v1)
     res.sigmas = schedule_for_steps(res.levels, steps)
@@ -835,7 +828,6 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         _guard(res, held, safety_held, ms, steps, safe_ratio)
     res.evaluations = est.evaluations
     return res
-
 
 class Safety:
     """Is a schedule safe with other solvers? Per check solver (name -> solve(model, x, sigmas)), its error

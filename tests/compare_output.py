@@ -94,9 +94,9 @@ def _assigned(tree, name):
 
 
 def ksampler_samplers():
-    """nodes/solvers.py KSAMPLER_SAMPLERS: name -> (module, function, options)."""
-    d = _assigned(_tree("nodes/solvers.py"), "KSAMPLER_SAMPLERS")
-    return {ast.literal_eval(k): tuple(ast.literal_eval(e) for e in v.elts[:3]) for k, v in zip(d.keys, d.values)}
+    """samplers/registry.py KSAMPLER_ENTRIES: KSampler name -> (solver function, options)."""
+    from fewstep.samplers.registry import KSAMPLER_ENTRIES
+    return {k: (spec.fn, dict(spec.kwargs)) for k, spec in KSAMPLER_ENTRIES.items()}
 
 
 def ksampler_schedulers():

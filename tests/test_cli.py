@@ -201,8 +201,8 @@ def test_every_row_has_a_comfyui_recipe_that_exists(small_run):
             if rec["kind"] == "ksampler":
                 assert rec["sampler_name"] in ks_samplers, rec
                 # the entry runs one of the row's solvers with that solver's options
-                mod, fn, opts = ks_samplers[rec["sampler_name"]]
-                assert any(_same_solver(s, mod, fn, opts) for s in row["solvers"]), (row, rec)
+                fn, opts = ks_samplers[rec["sampler_name"]]
+                assert any(_same_solver(s, fn, opts) for s in row["solvers"]), (row, rec)
                 if rec["scheduler"].startswith("fewstep_"):
                     handler, args = ks_schedulers[rec["scheduler"]]
                     assert (handler, args) in [("_ksampler_handler", (row["schedule"],)),
@@ -229,9 +229,7 @@ def _effective(fn, options):
     return eff
 
 
-def _same_solver(name, module, fn_name, options):
-    import importlib
-    fn = getattr(importlib.import_module(f"fewstep.samplers.{module}"), fn_name)
+def _same_solver(name, fn, options):
     spec = SOLVERS[name]
     return spec.fn is fn and _effective(fn, options) == _effective(spec.fn, spec.kwargs)
 
@@ -253,12 +251,13 @@ def test_recipe_table_matches_the_registry_and_nodes():
         if r.ksampler:
             assert _same_solver(name, *ks[r.ksampler]), (name, r.ksampler)
     # every FewStep KSampler entry that is one of the compared solvers is named by its recipe
-    for entry, (mod, fn, opts) in ks.items():
+    for entry, (fn, opts) in ks.items():
         for name in DETERMINISTIC:
-            if _same_solver(name, mod, fn, opts):
+            if _same_solver(name, fn, opts):
                 assert recipes.SOLVER_RECIPES[name].ksampler is not None, (name, entry)
-    # KSampler's fewstep_pndm is PLMS with the lower-order warm-up, not the registry's pndm (rk)
-    assert not _same_solver("pndm", *ks["fewstep_pndm"])
+    # one pndm everywhere: KSampler's fewstep_pndm, the node's default and the registry's pndm are PLMS with
+    # the lower-order warm-up; the paper's pseudo Runge-Kutta warm-up is pndm_rk (the node's warmup=rk)
+    assert _same_solver("pndm", *ks["fewstep_pndm"]) and not _same_solver("pndm_rk", *ks["fewstep_pndm"])
     sched = co.ksampler_schedulers()
     for s, r in recipes.SCHEDULE_RECIPES.items():
         assert r.widgets["schedule"] == s

@@ -32,9 +32,9 @@ def test_optimise_save_and_load_through_the_ays_scheduler(comfy, ays_dir, family
     from fewstep.core.io import load_checked
     tensors, meta = load_checked(ays_dir / "mine.safetensors", "AYS schedule")
     if meta["kept"].startswith("fixed:"):   # the final guard kept a fixed schedule: the output is that schedule
-        from fewstep.core.model_sigmas import ModelSigmas
+        from fewstep.comfy_adapter import model_sigmas_of_sampling
         from fewstep.schedules import ays_optimize as core
-        want = core.fixed_schedule(meta["kept"][6:], 10, ModelSigmas.from_model_sampling(ms))
+        want = core.fixed_schedule(meta["kept"][6:], 10, model_sigmas_of_sampling(ms))
         assert torch.allclose(sig.double(), want, rtol=1e-5)
     elif family == "eps":  # discrete timesteps: every optimised sigma is one of the model's own
         table = ms.sigmas.double()
@@ -210,6 +210,7 @@ def test_prefix_cache_is_exact_for_comfyuis_samplers(comfy, name):
     """ays_align.CACHE_SAFE: replaying the first i model outputs gives exactly the errors of sampling anew."""
     import comfy.sample as csample
     import comfy.samplers as cs
+    from fewstep.comfy_adapter import model_sigmas_of_sampling
     from fewstep.nodes import ays_align
     from fewstep.schedules import ays_optimize as core
     assert name in ays_align.CACHE_SAFE
@@ -218,7 +219,7 @@ def test_prefix_cache_is_exact_for_comfyuis_samplers(comfy, name):
 
     def run(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         extra = dict(extra_args or {}, denoise_mask=None)
-        ms = core.ModelSigmas.from_model_sampling(model.get_model_object("model_sampling"))
+        ms = model_sigmas_of_sampling(model.get_model_object("model_sampling"))
 
         def D(xb, sig, **kw):
             return model_k(xb, sig.to(xb.device, xb.dtype), **(kw or extra))
@@ -284,11 +285,11 @@ def test_saved_schedule_warns_once_when_sampled_with_another_sampler(comfy, ays_
 @pytest.mark.parametrize("family", ["eps", "flow"])
 def test_comfy_like_schedules_equal_comfyuis_own(comfy, family):
     import comfy.samplers as cs
-    from fewstep.core.model_sigmas import ModelSigmas
+    from fewstep.comfy_adapter import model_sigmas_of_sampling
     from fewstep.schedules.comfy_like import COMFY_SCHEDULES, comfy_schedule
     model, *_ = _analytic(comfy, family)
     msc = model.get_model_object("model_sampling")
-    ms = ModelSigmas.from_model_sampling(msc)
+    ms = model_sigmas_of_sampling(msc)
     for steps in (2, 3, 5, 10, 17, 40):
         for name in COMFY_SCHEDULES:
             want = cs.calculate_sigmas(msc, name, steps).double()

@@ -63,11 +63,11 @@ def test_beta_schedule_is_comfyuis_beta_before_rounding(comfy, family):
     `beta` scheduler rounds them to the model's integer timesteps. Each of our times is within half a
     timestep of ComfyUI's."""
     import comfy.samplers as cs
-    from fewstep.core.model_sigmas import ModelSigmas
+    from fewstep.comfy_adapter import model_sigmas_of_sampling
     model, _, _, _ = comfy.NODES["FewStepAnalyticModel"]().build(family, 3.0, 8, 0, 8)
     node = comfy.NODES["FewStepScheduler"]()
     ms_c = model.get_model_object("model_sampling")
-    ms = ModelSigmas.from_model_sampling(ms_c)
+    ms = model_sigmas_of_sampling(ms_c)
     last = ms.table.numel() - 1
     for steps in (4, 10, 25):
         ours = node.get_sigmas(model, "beta", steps, 1.0, 7.0)[0].double()

@@ -46,7 +46,7 @@ def run(family, sampler, sigmas, cfg=3.0):
 def registry_sampler(name):
     """The registry's solver as a KSAMPLER, family read from the model as the nodes do."""
     import comfy.samplers as cs
-    from fewstep.nodes.common import family_of_k_model
+    from fewstep.comfy_adapter import family_of_k_model
     from fewstep.samplers.registry import SOLVERS
     spec = SOLVERS[name]
 
@@ -83,23 +83,23 @@ def test_solver_recipe_runs_the_registry_solver(comfy, name, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_tolerance_tells_solvers_apart(comfy, family):
-    """KSampler's fewstep_pndm (lower-order warm-up) is not the registry's pndm (rk warm-up), which is why
-    the recipe of pndm is the node: the check above would see the difference."""
+    """Solvers that differ by a warm-up only (pndm: lower-order, pndm_rk: pseudo Runge-Kutta) or by one
+    order are told apart: the check above would see a recipe that runs the wrong one."""
     import comfy.samplers as cs
     sig = sigmas_of(comfy, family)
-    assert rel(run(family, cs.sampler_object("fewstep_pndm"), sig), run(family, registry_sampler("pndm"), sig)) > 1e-3
+    assert rel(run(family, cs.sampler_object("fewstep_pndm"), sig), run(family, registry_sampler("pndm_rk"), sig)) > 1e-3
     assert rel(run(family, cs.sampler_object("fewstep_deis_3"), sig), run(family, registry_sampler("deis_4"), sig)) > 1e-3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_schedule_recipe_gives_the_schedule(comfy, family):
     import comfy.samplers as cs
-    from fewstep.core.model_sigmas import ModelSigmas
+    from fewstep.comfy_adapter import model_sigmas_of_sampling
     from fewstep.recipes import SCHEDULE_RECIPES
     from fewstep.schedules import SCHEDULE_NAMES, get_schedule
     patcher, _, _ = setup(family)
     ms_c = patcher.get_model_object("model_sampling")
-    ms = ModelSigmas.from_model_sampling(ms_c)
+    ms = model_sigmas_of_sampling(ms_c)
     node = comfy.NODES["FewStepScheduler"]()
     for s in SCHEDULE_NAMES:
         r = SCHEDULE_RECIPES[s]

@@ -173,8 +173,8 @@ def test_widget_order_is_stable(comfy):
 @pytest.mark.parametrize("node, kw, match", [
     ("FewStepDDIM", dict(eta=1.5, s_noise=1.0), r"FewStepDDIM: eta must be a number in \[0.0, 1.0\]"),
     ("FewStepDDIM", dict(eta=0.5, s_noise=-1.0), r"s_noise must be a number in \[0.0, 10.0\]"),
-    ("FewStepDPMSolver", dict(order=4), r"FewStepDPMSolver: order must be an integer in \[1, 3\]"),
-    ("FewStepDPMSolver", dict(order=0), r"order must be an integer in \[1, 3\]"),
+    ("FewStepDPMSolver", dict(order=4), r"FewStepDPMSolver: order must be a whole number in \[1, 3\]"),
+    ("FewStepDPMSolver", dict(order=0), r"order must be a whole number in \[1, 3\]"),
     ("FewStepDPMSolverPP", dict(mode="4m", eta=1.0, s_noise=1.0, noise_type="brownian", lower_order_final=True),
      r"mode must be one of \['2m', '3m', '2s', 'sde_2m', 'sde_3m'\]"),
     ("FewStepDPMSolverPP", dict(mode="sde_2m", eta=1.0, s_noise=1.0, noise_type="pink", lower_order_final=True),
@@ -182,8 +182,8 @@ def test_widget_order_is_stable(comfy):
     ("FewStepDPMSolverPP", dict(mode="sde_2m", eta=-0.1, s_noise=1.0, noise_type="brownian", lower_order_final=True),
      r"eta must be a number in \[0.0, 1.0\]"),
     ("FewStepUniPC", dict(variant="bh3", order=3, corrector=True, lower_order_final=True), r"variant must be one of"),
-    ("FewStepUniPC", dict(variant="bh2", order=5, corrector=True, lower_order_final=True), r"order must be an integer in \[1, 3\]"),
-    ("FewStepDEIS", dict(order=5), r"FewStepDEIS: order must be an integer in \[1, 4\]"),
+    ("FewStepUniPC", dict(variant="bh2", order=5, corrector=True, lower_order_final=True), r"order must be a whole number in \[1, 3\]"),
+    ("FewStepDEIS", dict(order=5), r"FewStepDEIS: order must be a whole number in \[1, 4\]"),
     ("FewStepPNDM", dict(warmup="none"), r"warmup must be one of \['lower', 'rk'\]"),
     ("FewStepEDM", dict(method="rk4", s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0), r"method must be one of"),
     ("FewStepEDM", dict(method="heun", s_churn=0.0, s_tmin=5.0, s_tmax=1.0, s_noise=1.0), r"s_tmin .* must not exceed s_tmax"),
@@ -406,10 +406,10 @@ def test_deliberate_difference_dpmpp_3m_third_order_term(comfy):
     dpmpp_3m_sde (eta 0, the ODE) at order 2."""
     import types
     import comfy.k_diffusion.sampling as ks
-    from fewstep.nodes.solvers import solver_fn
+    from fewstep.samplers import sample_dpmpp_multistep
     patcher, _, _ = setup(comfy, "eps")
     ms = patcher.get_model_object("model_sampling")
-    fewstep_3m = solver_fn("dpm_solver_pp", "sample_dpmpp_multistep")
+    fewstep_3m = sample_dpmpp_multistep
     s0, s1 = 10.0, 0.5
     l0, l1 = -math.log(s0), -math.log(s1)
 

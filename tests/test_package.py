@@ -53,3 +53,33 @@ def test_core_modules_import_only_torch_numpy():
                 if re.match(r"\s*(import|from)\s+(comfy|comfy_extras|folder_paths|nodes|server|execution)\b", ln):
                     bad.append(f"{f.name}: {ln.strip()}")
     assert not bad, bad
+
+
+def test_every_node_module_is_registered():
+    """nodes/__init__.py imports its node modules by name: a module of nodes/ that defines
+    NODE_CLASS_MAPPINGS but is missing from NODE_MODULES would silently load no nodes."""
+    import ast
+    tree = ast.parse((REPO / "nodes" / "__init__.py").read_text())
+    listed = next({e.id for e in n.value.elts} for n in tree.body
+                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "NODE_MODULES")
+    defining = {p.stem for p in (REPO / "nodes").glob("*.py")
+                if any(isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "NODE_CLASS_MAPPINGS"
+                       for n in ast.parse(p.read_text()).body) and p.stem != "__init__"}
+    assert defining == listed
+
+
+def test_comfyui_internals_stay_in_the_adapter():
+    """KSampler's lists, the server module, model unwrapping, the CONST class and outer_sample's argument
+    positions are read in comfy_adapter.py only."""
+    import re
+    internals = re.compile(r"SAMPLER_NAMES|SCHEDULER_NAMES|SCHEDULER_HANDLERS|KSAMPLER_NAMES|sys\.modules\.get\(\"server|"
+                           r"inner_model\.model_patcher|\"model_patcher\"|\"CONST\"|model_sampling\.CONST|_OUTER_POS")
+    bad = []
+    for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("nodes/*.py")) + sorted(REPO.glob("patches/*.py")) \
+            + sorted(REPO.glob("core/*.py")):
+        if p.name == "comfy_adapter.py":
+            continue
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if internals.search(line):
+                bad.append(f"{p.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not bad, "\n".join(bad)

@@ -45,9 +45,9 @@ def test_every_schedule_keeps_the_contract(name, steps, denoise, rho, ms):
         raw = {"karras": lambda: basic.karras(n, ms, rho), "polyexponential": lambda: basic.polyexponential(n, ms, rho),
                "logsnr_uniform": lambda: basic.logsnr_uniform(n, ms), "time_uniform": lambda: basic.time_uniform(n, ms),
                "time_quadratic": lambda: basic.time_quadratic(n, ms)}.get(name)
-        if raw is not None:
-            r = raw()
-            assert not (r[1:] < r[:-1]).all()
+        assert raw is not None, f"{name} refused {steps} steps at denoise {denoise}: {e}"  # ays and beta never do
+        r = raw()
+        assert not (r[1:] < r[:-1]).all()
         return
     check_contract(s, steps)
     assert s[0] <= ms.sigma_max * (1 + 1e-9)
@@ -70,8 +70,16 @@ def test_published_ays_tables():
     """The published sigmas; and the published timesteps read off SD1.5's grid agree with them to
     within the page's rounding (5e-4) and its own inconsistency (SD1.5 0.33% at 0.399 vs 0.3977, SDXL 1.5% at 0.113 vs 0.1114). SVD is
     published as sigmas only."""
-    assert AYS_PUBLISHED_SIGMAS["SD1"] == [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399,
-                                           0.152, 0.029]
+    # SD1.5's sigma grid from its published training schedule (scaled-linear betas 0.00085..0.012 over
+    # 1000 steps), computed here and not by FewStep's ModelSigmas
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    ac = torch.cumprod(1 - betas, 0)
+    grid = ((1 - ac) / ac).sqrt()
+    for mt in ("SD1", "SDXL"):
+        from_timesteps = grid[torch.tensor(AYS_TIMESTEPS[mt])]
+        pub = torch.tensor(AYS_PUBLISHED_SIGMAS[mt], dtype=torch.float64)
+        assert torch.allclose(from_timesteps, pub, rtol={'SD1': 4e-3, 'SDXL': 1.6e-2}[mt], atol=5e-4), mt
+        assert torch.allclose(ays_table(mt), from_timesteps, rtol=1e-12, atol=0), mt
     for mt in ("SD1", "SDXL"):
         t = ays_table(mt)
         pub = torch.tensor(AYS_PUBLISHED_SIGMAS[mt], dtype=torch.float64)
@@ -182,3 +190,15 @@ def test_nan_or_inverted_sigma_range_is_refused(lo, hi):
 def test_flow_range_above_one_is_refused():
     with pytest.raises(ValueError, match="flow models have sigma_max <= 1"):
         ModelSigmas.from_range("flow", 0.01, 2.0)
+
+
+def test_ays_is_remapped_when_only_one_end_of_the_range_differs():
+    """A model with SD1.5's sigma_max but a larger sigma_min (or the reverse) gets the table remapped onto
+    its range (the published table is for SD1.5's whole range)."""
+    from fewstep.schedules.ays import needs_remap
+    t = ays_table("SD1")
+    assert not needs_remap(t, SD)
+    low_end = ModelSigmas.from_range("eps", 0.1, float(t[0]))
+    top_end = ModelSigmas.from_range("eps", float(t[-1]), 20.0)
+    assert needs_remap(t, low_end) and needs_remap(t, top_end)
+    assert not torch.allclose(ays_sigmas("SD1", 10, model_sigmas=low_end), ays_sigmas("SD1", 10, model_sigmas=SD))

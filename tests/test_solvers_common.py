@@ -136,7 +136,7 @@ def test_bad_orders_and_options():
     x = torch.zeros((1,) + SHAPE)
     sig = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0])
     for bad in (0, 4, 2.5, "2"):
-        with pytest.raises(ValueError, match=r"order must be an integer in \[1, 3\]"):
+        with pytest.raises(ValueError, match=r"order must be a whole number in \[1, 3\]"):
             sample_dpmpp_multistep(m, x, sig, order=bad)
     with pytest.raises(ValueError, match="eta"):
         sample_ddim(m, x, sig, eta=1.5)
@@ -147,10 +147,10 @@ def test_bad_orders_and_options():
 
 
 @pytest.mark.parametrize("fn,kw,match", [
-    ("sample_dpm_solver", {"order": 4}, r"order must be an integer in \[1, 3\]"),
-    ("sample_unipc", {"order": 0}, r"order must be an integer in \[1, 3\]"),
-    ("sample_deis", {"order": 5}, r"order must be an integer in \[1, 4\]"),
-    ("sample_dpmpp_sde", {"order": 4}, r"order must be an integer in \[1, 3\]"),
+    ("sample_dpm_solver", {"order": 4}, r"order must be a whole number in \[1, 3\]"),
+    ("sample_unipc", {"order": 0}, r"order must be a whole number in \[1, 3\]"),
+    ("sample_deis", {"order": 5}, r"order must be a whole number in \[1, 4\]"),
+    ("sample_dpmpp_sde", {"order": 4}, r"order must be a whole number in \[1, 3\]"),
     ("sample_tcd", {"gamma": 1.5}, r"gamma must be a number in \[0.0, 1.0\]"),
     ("sample_tcd", {"gamma": -0.1}, r"gamma must be a number in \[0.0, 1.0\]"),
     ("sample_tcd", {"gamma": float("nan")}, "gamma"),
@@ -201,3 +201,16 @@ def test_empty_schedule_returns_input(name):
     x = torch.ones((1,) + SHAPE)
     y = SOLVERS[name](m, x, torch.tensor([2.0]))
     assert m.calls == 0 and torch.equal(y, x)
+
+
+def test_taylor_derivatives_are_the_polynomials_derivatives():
+    """Against closed forms: the line through 2 points has their slope; the parabola through
+    f(l) = 2 + 3 l + 5 l^2 at 3 points has f'(l0) = 3 + 10 l0 and f'' = 10."""
+    from fewstep.samplers._common import taylor_derivatives
+    f = lambda v: 2 + 3 * v + 5 * v * v  # noqa: E731
+    (d1,) = taylor_derivatives([1.5, 0.5], [f(1.5), f(0.5)])
+    assert d1 == pytest.approx((f(1.5) - f(0.5)) / 1.0, rel=1e-12)
+    d1, d2 = taylor_derivatives([1.5, 0.75, -0.5], [f(1.5), f(0.75), f(-0.5)])
+    assert d1 == pytest.approx(3 + 10 * 1.5, rel=1e-12) and d2 == pytest.approx(10.0, rel=1e-12)
+    with pytest.raises(ValueError):
+        taylor_derivatives([1.0], [1.0])
