@@ -6,9 +6,9 @@ name more on the import line below and in ``NODE_MODULES`` (tests/test_package.p
 of nodes/ with NODE_CLASS_MAPPINGS is left out). An import error propagates, so ComfyUI shows IMPORT
 FAILED for the pack.
 """
-from . import analytic, ays_optimize, olss, patches, results, routes, schedulers, solvers
+from . import analytic, ays_optimize, olss, patches, reference, results, routes, schedulers, solvers
 
-NODE_MODULES = (analytic, ays_optimize, olss, patches, results, schedulers, solvers)
+NODE_MODULES = (analytic, ays_optimize, olss, patches, reference, results, schedulers, solvers)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -241,3 +241,20 @@ def test_reference_package_imports_no_comfyui():
 def test_gitignore_ships_the_reference_weights():
     lines = (REPO / ".gitignore").read_text().splitlines()
     assert "*.safetensors" in lines and "!reference/weights/*.safetensors" in lines
+
+
+def test_ema_warms_up_and_forgets_the_initial_weights():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = training.Ema([p], decay=0.999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.update()  # decay of the first update: min(0.999, 1/10)
+    torch.testing.assert_close(ema.shadow[0], torch.full((3,), 0.9))
+    kept = 0.1  # the share of the initial zeros still in the shadow
+    for k in range(1, 2500):
+        ema.update()
+        kept *= min(0.999, (1 + k) / (10 + k))
+    torch.testing.assert_close(ema.shadow[0], torch.full((3,), 1.0 - kept))
+    assert kept < 0.01  # a plain 0.999 EMA would keep 0.999 ** 2500 = 8% of them
+    ema.copy_to([p])
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1.0 - kept))
