@@ -23,7 +23,8 @@ from ..core.io import atomic_save, check_file_stem, check_save_target
 from ..core.seeds import fold_seed
 from ..schedules import ays_optimize as core
 from . import ays_align
-from .common import family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of, sigmas_out
+from .common import (StageText, family_of_k_model, model_fingerprint, model_sampling_of, model_sigmas_of,
+                     sigmas_out)
 from .schedulers import AYS_FOLDER, AYS_FORMAT, register_folder
 
 log = logging.getLogger("FewStep")
@@ -218,6 +219,15 @@ class FewStepAYSOptimize:
                                                 1 + (align is not None)) for k, n in enumerate(levels))
         teacher_ticks = -(-n_teacher // BATCH) + -(-HOLDOUT_PAIRS // BATCH)
         pbar = comfy.utils.ProgressBar(teacher_ticks + opt_ticks)
+        # stage text on the node (teacher / refine / align, sweep k of n, ETA): ComfyUI's progress text
+        stage = StageText("AYS Optimize")
+
+        def say(text):
+            stage.show(text, pbar.current, pbar.total)
+
+        def tick(value, text):
+            pbar.update_absolute(value)
+            say(text)
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
         got = {}
 
@@ -235,11 +245,13 @@ class FewStepAYSOptimize:
             x_T, x_teacher = core.teacher_samples(
                 denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
                 device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-                progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
+                progress=lambda done, total: tick(-(-done // BATCH), f"teacher samples: {done} of {total}"))
             h_T, h_teacher = core.teacher_samples(
                 denoiser, ms, HOLDOUT_PAIRS, shape, seed=holdout_seed(seed), teacher_steps=TEACHER_STEPS,
                 batch_size=BATCH, device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-                progress=lambda done, total: pbar.update_absolute(first + -(-done // BATCH)))
+                progress=lambda done, total: tick(first + -(-done // BATCH),
+                                                  f"held-out teacher samples: {done} of {total}"))
+            say("teacher samples: done")
             x0 = x_teacher if x0_data is None else x0_data.to(dev, torch.float32)
             validation = (x_T[:n_val], x_teacher[:n_val])
             if comfy_name is not None:
@@ -251,8 +263,9 @@ class FewStepAYSOptimize:
             checks.update({f"FewStep {n}": core._solver_fn(n, fam) for n in ays_align.CHECK_FEWSTEP})
             got["result"] = core.optimize_ays(
                 denoiser, x0, ms, steps=steps, iterations=iterations, seed=seed, discrete=is_discrete(model),
-                batch_size=BATCH, validation=validation, progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
-                interrupt=lambda: interrupt(), align=align, solver=solver, align_cache=cache,
+                batch_size=BATCH, validation=validation,
+                progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
+                stage=say, interrupt=lambda: interrupt(), align=align, solver=solver, align_cache=cache,
                 holdout=(h_T, h_teacher), check_solvers=checks, refine_starts=REFINE_STARTS)
             if fam != ms.family:
                 raise RuntimeError(f"{NODE}: the sampling model is {fam}, its model_sampling says {ms.family}")

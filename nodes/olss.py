@@ -35,7 +35,8 @@ from ..core.seeds import fold_seed
 from ..samplers import olss as core
 from ..schedules import SCHEDULE_NAMES, get_schedule
 from ..core.model_sigmas import ModelSigmas, within_range
-from .common import family_of_k_model, model_fingerprint, model_sampling_of_k_model, model_sigmas_of, sigmas_out
+from .common import (StageText, family_of_k_model, model_fingerprint, model_sampling_of_k_model, model_sigmas_of,
+                     send_node_text, sigmas_out)
 
 log = logging.getLogger("FewStep")
 
@@ -217,15 +218,25 @@ class FewStepOLSSTrain:
         pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1 + (samples * steps if closed_loop else 0)
                                        + (heldout_runs * (teacher_steps + 1) if select_on_heldout else 0))
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
+        # stage text on the node (teacher / fit / refine / held-out selection, k of n, ETA): ComfyUI's
+        # progress text; the summary goes on the node as ui text when done
+        stage = StageText("OLSS Train")
+        where = {"text": "start"}
+
+        def say(text):
+            where["text"] = text
+            stage.show(text, pbar.current, pbar.total)
 
         def on_step(_d):
             interrupt()
             pbar.update(1)
+            stage.show(where["text"], pbar.current, pbar.total)
 
         qr = core.TrajectoryQR(teacher_steps)
         kept = []
         for s in range(samples):
             interrupt()
+            say(f"teacher: run {s + 1} of {samples} ({teacher_steps} steps of {teacher})")
             record = {}
 
             def recorder(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -244,6 +255,7 @@ class FewStepOLSSTrain:
             del record
             pbar.update(1)
         family = ms.family
+        say("fit: least squares" + (" and path planning" if path_planning else " (OLSS-P, uniform path)"))
         prof = core.fit_profile(qr, sigmas_c.to(torch.float64), steps, family, bool(path_planning),
                                 ridge=float(ridge), check_interrupt=interrupt, teacher=f"{teacher} x{teacher_steps} {teacher_schedule}",
                                 cfg=float(cfg), model_fingerprint=model_fingerprint(model), name=name)
@@ -264,30 +276,40 @@ class FewStepOLSSTrain:
                                            seed=seed + r)
                 return got["d"].detach().to("cpu")
 
+            calls = [0]
+
             def tick():
                 interrupt()
                 pbar.update(1)
+                calls[0] += 1
+                stage.show(f"refine (closed loop): model call {calls[0]} of {samples * steps}", pbar.current,
+                           pbar.total)
+
+            say(f"refine (closed loop): model call 0 of {samples * steps}")
 
             wx, we, err = core.closed_loop_refit(prof.wx, prof.we, [st[0] for st in kept],
                                                  [core.path_targets(prof, st) for st in kept], denoise,
                                                  float(ridge), check_interrupt=interrupt, on_call=tick)
             prof = dataclasses.replace(prof, wx=wx, we=we, step_error=err, closed_loop=True)
             del kept
-        selection = ""
+        selection, kept_text = "", ""
         if select_on_heldout:
-            prof, selection = self._select(prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn,
-                                           sigmas_c, ms, steps, seed, heldout_runs, on_step, interrupt, path_planning,
-                                           ridge)
+            prof, selection, kept_text = self._select(prof, model, positive, negative, latent, noise_mask, cfg, teacher,
+                                                      teacher_fn, sigmas_c, ms, steps, seed, heldout_runs, on_step,
+                                                      interrupt, path_planning, ridge, say)
         path = str(save_path)
         prof.save(path)
         report = core.olss_error_report(prof) + (f"\n{selection}" if selection else "") + f"\nsaved to {path}"
         log.info(report)
-        return (prof, report)
+        summary = summary_text(prof, kept_text, name)
+        send_node_text(summary)
+        # "ui": the summary drawn on the node (js/fewstep_results.js); the full report is the second output
+        return {"ui": {"text": [summary]}, "result": (prof, report)}
 
 
     def _select(self, prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn, sigmas_c, ms,
-                steps, seed, runs, on_step, interrupt, path_planning, ridge):
-        """Held-out selection: (the winning profile, the comparison's text)."""
+                steps, seed, runs, on_step, interrupt, path_planning, ridge, say=lambda text: None):
+        """Held-out selection: (the winning profile, the comparison's text, one line on what was kept)."""
         primary = "olss" if path_planning else "olss_p"
         cands = {primary: prof}
         qr_prof = dataclasses.replace(prof, closed_loop=False)
@@ -325,6 +347,7 @@ class FewStepOLSSTrain:
 
         for r in range(runs):
             interrupt()
+            say(f"held-out selection: run {r + 1} of {runs} ({len(cands)} candidates)")
             s = seed + HELDOUT_SEED_OFFSET + r
             noise = comfy.sample.prepare_noise(latent, s)
             comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(evaluate), sigmas_c, positive,
@@ -343,7 +366,17 @@ class FewStepOLSSTrain:
         chosen = dataclasses.replace(chosen, extra={**chosen.extra, "method": method, "selection": text[:4000]})
         chosen.validate()
         log.info("FewStep OLSS: %s", text)
-        return chosen, text
+        kept = f"held-out: kept {win} (error {err[win]:.4g}" + (
+            f", {err[win] / fixed[best_fixed]:.2f}x the best fixed, {best_fixed[7:]})" if best_fixed else ")")
+        return chosen, text, kept
+
+
+def summary_text(prof, kept: str, name: str) -> str:
+    """One paragraph for the node: what was trained, the worst step's fit, what the held-out runs kept."""
+    worst = max(math.sqrt(float(e)) for e in prof.step_error) if len(prof.step_error) else float("nan")
+    what = "OLSS" if prof.path_planning else "OLSS-P"
+    return (f"{what} profile {name}: {prof.steps} steps from {prof.teacher_steps} teacher steps, worst step fit "
+            f"RMSE {worst:.3g}" + (f"; {kept}" if kept else "") + f". Saved as {name}.safetensors.")
 
 
 # ------------------------------------------------------------------------------------------------

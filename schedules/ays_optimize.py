@@ -650,7 +650,8 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                  auto_init: tuple = AUTO_INIT, tries: int = 1, align: str | None = None,
                  align_candidates: int = 17, holdout: tuple | None = None, check_solvers: dict | None = None,
                  refine_starts: int = 2, align_cache: bool | None = None, safe_ratio: float = SAFE_RATIO,
-                 progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
+                 progress: Callable | None = None, interrupt: Callable | None = None,
+                 stage: Callable | None = None) -> AYSResult:
     """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
 
     ``model_sigmas``: the model's family and sigma grid (endpoints sigma_max, sigma_min stay fixed).
@@ -670,6 +671,9 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     bound by less than ``tol`` (relative). In both, a point only moves on a statistically significant
     (``z`` paired standard errors) improvement of the bound.
 
+    ``stage(text)`` says where the run is: when the starts are scored, at every sweep of a level's
+    refinement or alignment ("refine 10 steps from karras (1 of 2): sweep 1 of 4"; the sweep count is
+    the most there may be, early stopping ends sooner), and at the final check.
     ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
     denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
     ``tries``: with ``accept="move"``, how many of the bound's best proposals for a point are checked
@@ -755,7 +759,12 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         safety_held = Safety(denoiser, holdout, fam, ms, check_solvers, safe_ratio, batch_size, interrupt, count)
     lv = levels_for(steps)
     multi = init == "auto" and validate is not None
+    def say(text):
+        if stage is not None:
+            stage(text)
+
     if multi and held is not None:
+        say("score the fixed starts on the held-out pairs")
         pool = start_levels(lv[0], ms)
         if discrete:       # a start must survive the grid rounding the search applies
             def on_grid(v):
@@ -775,9 +784,18 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     total_ticks = sum(iterations * (n - 1) * ((len(starts) if k == 0 else 1) + (align is not None))
                       for k, n in enumerate(lv))
     done = [0]
+    phase = {"text": None, "base": 0, "n": 2}
+
+    def begin(text, n):
+        phase.update(text=text, base=done[0], n=n)
+        say(f"{text}: sweep 1 of {iterations}")
 
     def tick():
         done[0] += 1
+        if phase["text"] is not None:
+            k = (done[0] - phase["base"]) // max(1, phase["n"] - 1) + 1
+            if k <= iterations:
+                say(f"{phase['text']}: sweep {k} of {iterations}")
         if progress is not None:
             progress(done[0], total_ticks)
 
@@ -803,21 +821,29 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     for n in lv:
         if sched is None and pool is not None:
             # held-out pairs: refine the best starts on them, keep the one lowest on them after stage 1
-            runs = [(refine(pool[name], n), name) for name in starts]
+            runs = []
+            for i, name in enumerate(starts):
+                begin(f"refine {n} steps from {name} ({i + 1} of {len(starts)})", n)
+                runs.append((refine(pool[name], n), name))
             scored = [(_rms(held(r[0])), r, name) for r, name in runs]
             e1, out, res.init = min(scored, key=lambda t: t[0])
             res.starts = {name: (start_err[name], e) for e, _, name in scored}
             res.start_error = start_err[res.init]
         elif sched is None:
             # init "auto" with validation pairs: refine from every start, keep the lowest sampling error
-            runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
+            runs = []
+            for i, name in enumerate(starts):
+                begin(f"refine {n} steps from {name} ({i + 1} of {len(starts)})", n)
+                runs.append((refine(initial_schedule(n, ms, name), n), name))
             out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
             res.starts = {name: (r[5], r[6]) for r, name in runs}
         else:
+            begin(f"refine {n} steps", n)
             out = refine(subdivide(sched, ms), n)
         sched, k0, k1, sw, why, v0, v1 = out
         if align is not None:
             res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
+            begin(f"align {n} steps to the sampler", n)
             sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
                                               window, shrink, tick, safety=safety_fit)
             done[0] += (iterations - asw) * (n - 1)
@@ -830,8 +856,10 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         res.stop_reason[n] = why
         if v0 is not None:
             res.validation[n] = (v0, v1)
+    phase["text"] = None
     res.sigmas = schedule_for_steps(res.levels, steps)
     if held is not None:
+        say("final check on the held-out pairs")
         _guard(res, held, safety_held, ms, steps, safe_ratio)
     res.evaluations = est.evaluations
     return res
