@@ -101,7 +101,7 @@ def train_profile(host, case, steps, name, teacher):
     with torch.inference_mode():
         prof, _ = host.NODES["FewStepOLSSTrain"]().train(
             case.patcher, case.pos, case.neg, latent, cfg=case.cfg, teacher=teacher, teacher_steps=100,
-            teacher_schedule="karras", steps=steps, samples=8, seed=0, path_planning=True, name=name)
+            teacher_schedule="karras", steps=steps, samples=8, seed=0, path_planning=True, name=name)["result"]
     return prof
 
 

@@ -24,7 +24,7 @@ from ..schedules import ays_optimize as core
 from . import ays_align
 from ..core.validate import check_int
 from ..comfy_adapter import family_of_k_model, is_discrete as _is_discrete_sampling, model_sampling_of, model_sigmas_of
-from .common import model_fingerprint, sigmas_out
+from .common import StageText, model_fingerprint, sigmas_out
 from ..schedules.ays_file import AYS_FORMAT
 from .schedulers import AYS_FOLDER, register_folder
 
@@ -198,6 +198,11 @@ class FewStepAYSOptimize:
         pbar = comfy.utils.ProgressBar(teacher_ticks + opt_ticks)
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
         got = {}
+        # stage text on the node (teacher / refine / align, sweep k of n, ETA): ComfyUI's progress text
+        stage = StageText("AYS Optimize")
+
+        def say(text):
+            stage.show(text, pbar.current, pbar.total)
 
         def run(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
             extra = dict(extra_args or {})
@@ -209,14 +214,15 @@ class FewStepAYSOptimize:
                 return model_k(xb, sig.to(xb.device, xb.dtype), **(kw or extra))
 
             x_T, x_teacher, h_T, h_teacher = _teacher_pairs(denoiser, ms, n_teacher, shape, seed, x.device,
-                                                            interrupt, pbar)
+                                                            interrupt, pbar, say)
             x0 = x_teacher if x0_data is None else x0_data.to(x.device, torch.float32)
             validation = (x_T[:n_val], x_teacher[:n_val])
             solver, cache, checks = _solvers(comfy_name, model_k, extra, fam)
             got["result"] = core.optimize_ays(
                 denoiser, x0, ms, steps=steps, iterations=iterations, seed=seed, discrete=is_discrete(model),
-                batch_size=BATCH, validation=validation, progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
-                interrupt=lambda: interrupt(), align=align, solver=solver, align_cache=cache,
+                batch_size=BATCH, validation=validation,
+                progress=lambda d, t: pbar.update_absolute(teacher_ticks + d, teacher_ticks + t),
+                stage=say, interrupt=lambda: interrupt(), align=align, solver=solver, align_cache=cache,
                 holdout=(h_T, h_teacher), check_solvers=checks, refine_starts=REFINE_STARTS)
             if fam != ms.family:
                 raise RuntimeError(f"{NODE}: the sampling model is {fam}, its model_sampling says {ms.family}")
@@ -261,17 +267,23 @@ def _checked_inputs(cfg, steps, iterations, samples, seed, name, align_to):
     return steps, iterations, samples, seed, name, align, comfy_name
 
 
-def _teacher_pairs(denoiser, ms, n_teacher, shape, seed, dev, interrupt, pbar):
+def _teacher_pairs(denoiser, ms, n_teacher, shape, seed, dev, interrupt, pbar, say=lambda text: None):
     """(x_T, x_teacher) of the fitted pairs and (h_T, h_teacher) of the held-out pairs."""
     first = -(-n_teacher // BATCH)
+
+    def tick(value, text):
+        pbar.update_absolute(value)
+        say(text)
+
     x_T, x_teacher = core.teacher_samples(
         denoiser, ms, n_teacher, shape, seed=seed, teacher_steps=TEACHER_STEPS, batch_size=BATCH,
         device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-        progress=lambda done, total: pbar.update_absolute(-(-done // BATCH)))
+        progress=lambda done, total: tick(-(-done // BATCH), f"teacher samples: {done} of {total}"))
     h_T, h_teacher = core.teacher_samples(
         denoiser, ms, HOLDOUT_PAIRS, shape, seed=holdout_seed(seed), teacher_steps=TEACHER_STEPS,
         batch_size=BATCH, device=dev, dtype=torch.float32, interrupt=lambda: interrupt(),
-        progress=lambda done, total: pbar.update_absolute(first + -(-done // BATCH)))
+        progress=lambda done, total: tick(first + -(-done // BATCH), f"held-out teacher samples: {done} of {total}"))
+    say("teacher samples: done")
     return x_T, x_teacher, h_T, h_teacher
 
 

@@ -38,7 +38,7 @@ from ..core.model_sigmas import within_range
 from ..core.validate import check_int
 from ..comfy_adapter import (register_models_folder, family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
                              patcher_of_k_model, model_sigmas_of, model_sigmas_of_sampling)
-from .common import model_fingerprint, sigmas_out
+from .common import StageText, model_fingerprint, send_node_text, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -196,37 +196,46 @@ class FewStepOLSSTrain:
         pbar = comfy.utils.ProgressBar(samples * (teacher_steps + 1) + 1 + (samples * steps if closed_loop else 0)
                                        + (heldout_runs * (teacher_steps + 1) if select_on_heldout else 0))
         interrupt = comfy.model_management.throw_exception_if_processing_interrupted
+        # stage text on the node (teacher / fit / refine / held-out selection, k of n, ETA): ComfyUI's
+        # progress text; the summary goes on the node as ui text when done
+        stage, say = _stage_text(pbar)
 
         def on_step(_d):
             interrupt()
             pbar.update(1)
+            stage.show(stage.where, pbar.current, pbar.total)
 
         qr, kept = _record_teacher(model, positive, negative, latent, noise_mask, cfg, sigmas_c, teacher_fn,
-                                   teacher_steps, samples, seed, closed_loop, on_step, interrupt, pbar)
+                                   teacher_steps, samples, seed, closed_loop, on_step, interrupt, pbar,
+                                   lambda s: say(f"teacher: run {s + 1} of {samples} ({teacher_steps} steps of {teacher})"))
         family = ms.family
+        say("fit: least squares" + (" and path planning" if path_planning else " (OLSS-P, uniform path)"))
         prof = core.fit_profile(qr, sigmas_c.to(torch.float64), steps, family, bool(path_planning),
                                 ridge=float(ridge), check_interrupt=interrupt, teacher=f"{teacher} x{teacher_steps} {teacher_schedule}",
                                 cfg=float(cfg), model_fingerprint=model_fingerprint(model), name=name)
         pbar.update(1)
         if closed_loop:
             prof = _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg, seed, ridge,
-                                interrupt, pbar)
+                                interrupt, pbar, stage, say, samples * steps)
             del kept
-        selection = ""
+        selection, kept_text = "", ""
         if select_on_heldout:
-            prof, selection = self._select(prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn,
-                                           sigmas_c, ms, steps, seed, heldout_runs, on_step, interrupt, path_planning,
-                                           ridge)
+            prof, selection, kept_text = self._select(prof, model, positive, negative, latent, noise_mask, cfg, teacher,
+                                                      teacher_fn, sigmas_c, ms, steps, seed, heldout_runs, on_step,
+                                                      interrupt, path_planning, ridge, say)
         path = str(save_path)
         prof.save(path)
         report = core.olss_error_report(prof) + (f"\n{selection}" if selection else "") + f"\nsaved to {path}"
         log.info(report)
-        return (prof, report)
+        summary = summary_text(prof, kept_text, name)
+        send_node_text(summary)
+        # "ui": the summary drawn on the node (js/fewstep_results.js); the full report is the second output
+        return {"ui": {"text": [summary]}, "result": (prof, report)}
 
 
     def _select(self, prof, model, positive, negative, latent, noise_mask, cfg, teacher, teacher_fn, sigmas_c, ms,
-                steps, seed, runs, on_step, interrupt, path_planning, ridge):
-        """Held-out selection: (the winning profile, the comparison's text)."""
+                steps, seed, runs, on_step, interrupt, path_planning, ridge, say=lambda text: None):
+        """Held-out selection: (the winning profile, the comparison's text, one line on what was kept)."""
         primary = "olss" if path_planning else "olss_p"
         cands = {primary: prof}
         qr_prof = dataclasses.replace(prof, closed_loop=False)
@@ -264,6 +273,7 @@ class FewStepOLSSTrain:
 
         for r in range(runs):
             interrupt()
+            say(f"held-out selection: run {r + 1} of {runs} ({len(cands)} candidates)")
             s = seed + HELDOUT_SEED_OFFSET + r
             noise = comfy.sample.prepare_noise(latent, s)
             comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(evaluate), sigmas_c, positive,
@@ -282,7 +292,29 @@ class FewStepOLSSTrain:
         chosen = dataclasses.replace(chosen, extra={**chosen.extra, "method": method, "selection": text[:4000]})
         chosen.validate()
         log.info("FewStep OLSS: %s", text)
-        return chosen, text
+        kept = f"held-out: kept {win} (error {err[win]:.4g}" + (
+            f", {err[win] / fixed[best_fixed]:.2f}x the best fixed, {best_fixed[7:]})" if best_fixed else ")")
+        return chosen, text, kept
+
+
+def summary_text(prof, kept: str, name: str) -> str:
+    """One paragraph for the node: what was trained, the worst step's fit, what the held-out runs kept."""
+    worst = max(math.sqrt(float(e)) for e in prof.step_error) if len(prof.step_error) else float("nan")
+    what = "OLSS" if prof.path_planning else "OLSS-P"
+    return (f"{what} profile {name}: {prof.steps} steps from {prof.teacher_steps} teacher steps, worst step fit "
+            f"RMSE {worst:.3g}" + (f"; {kept}" if kept else "") + f". Saved as {name}.safetensors.")
+
+
+def _stage_text(pbar):
+    """(StageText, say): ``say(text)`` sets the current stage and shows it; ``stage.where`` is the last."""
+    stage = StageText("OLSS Train")
+    stage.where = "start"
+
+    def say(text):
+        stage.where = text
+        stage.show(text, pbar.current, pbar.total)
+
+    return stage, say
 
 
 # ------------------------------------------------------------------------------------------------
@@ -413,12 +445,13 @@ def _train_inputs(name, seed, teacher_steps, steps, samples, cfg, teacher_schedu
 
 
 def _record_teacher(model, positive, negative, latent, noise_mask, cfg, sigmas_c, teacher_fn, teacher_steps,
-                    samples, seed, closed_loop, on_step, interrupt, pbar):
+                    samples, seed, closed_loop, on_step, interrupt, pbar, announce=lambda s: None):
     """Every teacher trajectory, folded into a TrajectoryQR; (qr, the kept states for closed_loop)."""
     qr = core.TrajectoryQR(teacher_steps)
     kept = []
     for s in range(samples):
         interrupt()
+        announce(s)
         record = {}
 
         def recorder(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -439,7 +472,8 @@ def _record_teacher(model, positive, negative, latent, noise_mask, cfg, sigmas_c
     return qr, kept
 
 
-def _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg, seed, ridge, interrupt, pbar):
+def _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg, seed, ridge, interrupt, pbar,
+                 stage=None, say=lambda text: None, total_calls=0):
     """The closed-loop refit: the coefficients refitted on the student's own states."""
     def denoise(r, x, j):
         got = {}
@@ -456,10 +490,16 @@ def _closed_loop(prof, kept, model, positive, negative, latent, noise_mask, cfg,
                                    seed=seed + r)
         return got["d"].detach().to("cpu")
 
+    calls = [0]
+
     def tick():
         interrupt()
         pbar.update(1)
+        calls[0] += 1
+        if stage is not None:
+            stage.show(f"refine (closed loop): model call {calls[0]} of {total_calls}", pbar.current, pbar.total)
 
+    say(f"refine (closed loop): model call 0 of {total_calls}")
     wx, we, err = core.closed_loop_refit(prof.wx, prof.we, [st[0] for st in kept],
                                          [core.path_targets(prof, st) for st in kept], denoise,
                                          float(ridge), check_interrupt=interrupt, on_call=tick)

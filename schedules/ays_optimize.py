@@ -690,15 +690,32 @@ def _held_out_starts(held, safety_held, n: int, ms: ModelSigmas, table, safe_rat
 
 
 class _Progress:
-    """progress(done, total) after every point; sweeps a stage did not need count as done."""
+    """progress(done, total) after every point; sweeps a stage did not need count as done. With
+    ``stage``, ``begin(text, n)`` names a refinement of an n-step level and every tick says its sweep
+    ("<text>: sweep k of <iterations>")."""
 
-    def __init__(self, total: int, progress: Callable | None):
+    def __init__(self, total: int, progress: Callable | None, stage: Callable | None = None, iterations: int = 1):
         self.done, self.total, self.progress = 0, total, progress
+        self.stage, self.iterations = stage, iterations
+        self.phase = None
+
+    def say(self, text: str):
+        if self.stage is not None:
+            self.stage(text)
+
+    def begin(self, text: str, n: int):
+        self.phase = (text, self.done, n)
+        self.say(f"{text}: sweep 1 of {self.iterations}")
 
     def tick(self):
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
+        if self.phase is not None:
+            text, base, n = self.phase
+            k = (self.done - base) // max(1, n - 1) + 1
+            if k <= self.iterations:
+                self.say(f"{text}: sweep {k} of {self.iterations}")
 
     def skip(self, points: int):
         self.done += points
@@ -715,18 +732,25 @@ def _snapped(sched: list, table) -> list:
 
 
 def _first_level(res: AYSResult, refine: Callable, n: int, ms: ModelSigmas, pool, starts: list, start_err: dict,
-                 held) -> tuple:
+                 held, prog: _Progress) -> tuple:
     """Stage 1 of the coarsest level from each start; the kept one (res.init, res.starts)."""
+    def each(make):
+        runs = []
+        for i, name in enumerate(starts):
+            prog.begin(f"refine {n} steps from {name} ({i + 1} of {len(starts)})", n)
+            runs.append((refine(make(name), n), name))
+        return runs
+
     if pool is not None:
         # held-out pairs: refine the best starts on them, keep the one lowest on them after stage 1
-        runs = [(refine(pool[name], n), name) for name in starts]
+        runs = each(lambda name: pool[name])
         scored = [(_rms(held(r[0])), r, name) for r, name in runs]
         _, out, res.init = min(scored, key=lambda t: t[0])
         res.starts = {name: (start_err[name], e) for e, _, name in scored}
         res.start_error = start_err[res.init]
         return out
     # one start, or init "auto" with validation pairs: refine from every start, keep the lowest sampling error
-    runs = [(refine(initial_schedule(n, ms, name), n), name) for name in starts]
+    runs = each(lambda name: initial_schedule(n, ms, name))
     out, res.init = min(runs, key=lambda r: r[0][6] if r[0][6] is not None else 0.0)
     res.starts = {name: (r[5], r[6]) for r, name in runs}
     return out
@@ -738,7 +762,8 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
                  auto_init: tuple = AUTO_INIT, align: str | None = None, align_candidates: int = 17,
                  holdout: tuple | None = None, check_solvers: dict | None = None, refine_starts: int = 2,
                  align_cache: bool | None = None, safe_ratio: float = SAFE_RATIO,
-                 progress: Callable | None = None, interrupt: Callable | None = None) -> AYSResult:
+                 progress: Callable | None = None, interrupt: Callable | None = None,
+                 stage: Callable | None = None) -> AYSResult:
     """Optimise an AYS schedule of ``steps`` steps for ``denoiser`` on data latents ``x0`` (N, ...).
 
     ``model_sigmas``: the model's family and sigma grid (endpoints sigma_max, sigma_min stay fixed).
@@ -755,6 +780,9 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     ``solver`` (default DPM-Solver++(2M)) significantly, and the sweep with the lowest error is kept.
     Without validation the sweeps stop when one lowers the bound by less than ``tol`` (relative).
 
+    ``stage(text)`` says where the run is: when the starts are scored, at every sweep of a level's
+    refinement or alignment ("refine 10 steps from karras (1 of 2): sweep 1 of 4"; the sweep count is
+    the most there may be, early stopping ends sooner), and at the final check.
     ``progress(done, total)`` is called after every point; ``interrupt()`` is called before every
     denoiser batch and may raise (ComfyUI's interrupt) or return True to stop (AYSInterrupted).
     ``align``: a solver of ALIGN_SOLVERS (needs ``validation``): after stage 1 on each level, stage 2
@@ -791,11 +819,13 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     multi = init == "auto" and validate is not None
     pool, start_err = None, {}
     if multi and held is not None:
+        if stage is not None:
+            stage("score the fixed starts on the held-out pairs")
         pool, start_err, starts = _held_out_starts(held, safety_held, lv[0], ms, table, safe_ratio, refine_starts)
     else:
         starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
     prog = _Progress(sum(iterations * (n - 1) * ((len(starts) if k == 0 else 1) + (align is not None))
-                         for k, n in enumerate(lv)), progress)
+                         for k, n in enumerate(lv)), progress, stage, iterations)
 
     def refine(sched, n):
         out = _refine(est, _snapped(sched, table), ms, iterations, candidates, table, z, tol, window, shrink,
@@ -809,12 +839,14 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     sched = None
     for n in lv:
         if sched is None:
-            out = _first_level(res, refine, n, ms, pool, starts, start_err, held)
+            out = _first_level(res, refine, n, ms, pool, starts, start_err, held, prog)
         else:
+            prog.begin(f"refine {n} steps", n)
             out = refine(subdivide(sched, ms), n)
         sched, k0, k1, res.sweeps[n], res.stop_reason[n], v0, v1 = out
         if align is not None:
             res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
+            prog.begin(f"align {n} steps to the sampler", n)
             sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
                                               window, shrink, prog.tick, safety=safety_fit)
             prog.skip((iterations - asw) * (n - 1))
@@ -823,8 +855,10 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
         res.klub[n] = (k0, k1)
         if v0 is not None:
             res.validation[n] = (v0, v1)
+    prog.phase = None
     res.sigmas = schedule_for_steps(res.levels, steps)
     if held is not None:
+        prog.say("final check on the held-out pairs")
         _guard(res, held, safety_held, ms, steps, safe_ratio)
     res.evaluations = est.evaluations
     return res

@@ -141,3 +141,38 @@ def ays_dir(comfy, tmp_path, monkeypatch):
 @pytest.fixture
 def olss_dir(comfy, tmp_path, monkeypatch):
     return _temp_models_folder("fewstep_olss", tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def node_texts(comfy, monkeypatch):
+    """Run a node as ComfyUI's executor does (inside an executing-node context, node id "7") with a real
+    ``server.PromptServer`` whose socket is replaced by a list: ``(texts, run)``; ``run(fn)`` calls ``fn()``
+    in the context, and ``texts`` collects every progress text sent to node "7" (decoded from the binary
+    message ``PromptServer.send_progress_text`` builds)."""
+    import importlib.util
+    import struct
+    import sys
+    mod = sys.modules.get("utils")
+    if mod is None or not hasattr(mod, "__path__"):   # ComfyUI's utils/ package, which server.py imports
+        init = comfy_path() / "utils" / "__init__.py"
+        spec = importlib.util.spec_from_file_location("utils", init, submodule_search_locations=[str(init.parent)])
+        pkg = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "utils", pkg)
+        spec.loader.exec_module(pkg)
+    import server
+    from comfy_execution.utils import CurrentNodeContext
+    texts = []
+    inst = server.PromptServer.__new__(server.PromptServer)   # no sockets, no event loop
+
+    def send_sync(event, data, sid=None):
+        if event == server.BinaryEventTypes.TEXT:
+            n = struct.unpack(">I", data[:4])[0]
+            if data[4:4 + n].decode() == "7":
+                texts.append(data[4 + n:].decode("utf-8"))
+    inst.send_sync = send_sync
+    monkeypatch.setattr(server.PromptServer, "instance", inst, raising=False)
+
+    def run(fn):
+        with CurrentNodeContext("test-prompt", "7"):
+            return fn()
+    return texts, run

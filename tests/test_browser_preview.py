@@ -256,9 +256,73 @@ WF_GEOM = """() => {
     const b = ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
     return { id: n.id, type: n.type, known: !!reg[n.type], box: [r.left + a[0], r.top + a[1], r.left + b[0], r.top + b[1]],
              widgets: (n.widgets ?? []).map((w) => w.value), disabled: (n.widgets ?? []).filter((w) => w.disabled).map((w) => w.name),
+             names: (n.widgets ?? []).map((w) => w.name),
+             linked: (n.inputs ?? []).filter((i) => i.link != null).map((i) => i.name),
              images: (n.imgs ?? []).length, text: n.fewstepText ?? null };
   });
 }"""
+
+#: wires behind nodes as the editor has them: every link's two ends from the live graph
+#: (LGraphNode.getConnectionPos, which places a widget's input on its widget's row), the spline LiteGraph's
+#: LinkRenderer draws between them (control points max(30, distance / 4) out to the right and left), sampled
+#: at 48 points; a point more than 2 px inside another node's box (title bar included) is a wire behind it
+WF_WIRES = """() => {
+  const g = window.comfyAPI.app.app.graph;
+  const links = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links ?? {});
+  const out = [];
+  for (const l of links) {
+    if (!l) continue;
+    const src = g.getNodeById(l.origin_id), dst = g.getNodeById(l.target_id);
+    if (!src || !dst) continue;
+    const a = src.getConnectionPos(false, l.origin_slot), b = dst.getConnectionPos(true, l.target_slot);
+    const d = Math.max(30, Math.hypot(b[0] - a[0], b[1] - a[1]) * 0.25);
+    for (const n of g.nodes) {
+      if (n.id === src.id || n.id === dst.id) continue;
+      const x0 = n.pos[0], y0 = n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, x1 = n.pos[0] + n.size[0], y1 = n.pos[1] + n.size[1];
+      for (let i = 0; i <= 48; i++) {
+        const t = i / 48, u = 1 - t;
+        const x = u ** 3 * a[0] + 3 * u * u * t * (a[0] + d) + 3 * u * t * t * (b[0] - d) + t ** 3 * b[0];
+        const y = u ** 3 * a[1] + 3 * u * u * t * a[1] + 3 * u * t * t * b[1] + t ** 3 * b[1];
+        if (x > x0 + 2 && x < x1 - 2 && y > y0 + 2 && y < y1 - 2) {
+          out.push(`link ${l.id} (${src.id} -> ${dst.id}) runs behind node ${n.id} (${n.type})`);
+          break;
+        }
+      }
+    }
+  }
+  return out;
+}"""
+
+#: what each widget greyed out by js/fewstep_results.js depends on: {node type: {widget: active(values, linked)}}
+SDE = ("sde_2m", "sde_3m")
+ACTIVE_WHEN = {
+    "FewStepAnalyticModel": {"shift": lambda v, ln: v["family"] == "flow"},
+    "FewStepDDIM": {"s_noise": lambda v, ln: v["eta"] > 0},
+    "FewStepDPMSolverPP": {"eta": lambda v, ln: v["mode"] in SDE, "s_noise": lambda v, ln: v["mode"] in SDE,
+                           "noise_type": lambda v, ln: v["mode"] in SDE,
+                           "lower_order_final": lambda v, ln: v["mode"] != "2s"},
+    "FewStepUniPC": {"lower_order_final": lambda v, ln: v["order"] > 1},
+    "FewStepEDM": {k: (lambda v, ln: v["s_churn"] > 0) for k in ("s_tmin", "s_tmax", "s_noise")},
+    "FewStepScheduler": {"rho": lambda v, ln: v["schedule"] in ("karras", "polyexponential")},
+    "FewStepAYSScheduler": {"model_type": lambda v, ln: v.get("saved_schedule", "none") == "none"},
+    "FewStepFreeU": {k: (lambda v, ln: v["preset"] == "custom") for k in ("b1", "b2", "s1", "s2")},
+    "FewStepDeepCache": {k: (lambda v, ln: v["mode"] == "non-uniform") for k in ("center", "power")},
+    "FewStepOLSSTrain": {"heldout_runs": lambda v, ln: v.get("select_on_heldout", True) is not False},
+    "FewStepOLSSSampler": {"profile_name": lambda v, ln: "profile" not in ln},
+}
+
+
+def _greyed_problems(where, g):
+    """Widgets greyed out where they should not be, or active where they do nothing (ACTIVE_WHEN)."""
+    rules = ACTIVE_WHEN.get(g["type"], {})
+    values = dict(zip(g["names"], g["widgets"]))
+    out = []
+    for name in g["names"]:
+        want_grey = name in rules and not rules[name](values, g["linked"])
+        if want_grey != (name in g["disabled"]):
+            out.append(f"{where}: node {g['id']} ({g['type']}) widget {name} greyed is {name in g['disabled']} "
+                       f"with {values} (linked {g['linked']})")
+    return out
 WORKFLOW_FILES = sorted((REPO / "example_workflows").glob("*.json"))
 
 
@@ -302,10 +366,8 @@ def test_every_workflow_in_the_editor_fits_runs_and_shows_its_picture(page, comf
                 if g["widgets"][:len(want[g["id"]]["widgets_values"])] != want[g["id"]]["widgets_values"]:
                     problems.append(f"{name}: node {g['id']} ({g['type']}) widgets {g['widgets']} != "
                                     f"{want[g['id']]['widgets_values']}")
-                if g["type"] == "FewStepAnalyticModel":
-                    family = g["widgets"][0]
-                    if (family == "eps") != ("shift" in g["disabled"]):
-                        problems.append(f"{name}: shift greyed is {'shift' in g['disabled']} for family {family}")
+                problems += _greyed_problems(name, g)
+            problems += [f"{name}: {w}" for w in page.evaluate(WF_WIRES)]
             page.mouse.move(1590, 890)
             page.screenshot(path=str(shots / f"{name}.png"))
             prompt = mw.load_api(REPO / "example_workflows" / "api" / path.name)
@@ -385,3 +447,85 @@ def test_template_browser_shows_a_thumbnail_and_title_for_every_template(page, c
     finally:
         page.remove_listener("response", on_response)
         page.set_viewport_size({"width": 1280, "height": 800})
+
+
+#: (node type, [(widget, value), ...]): values set one after the other, as a user would
+WIDGET_STEPS = [
+    ("FewStepAnalyticModel", [("family", "flow"), ("family", "eps")]),
+    ("FewStepDDIM", [("eta", 0.5), ("eta", 0.0)]),
+    ("FewStepDPMSolverPP", [("mode", "sde_2m"), ("mode", "2s"), ("mode", "3m")]),
+    ("FewStepUniPC", [("order", 1), ("order", 2)]),
+    ("FewStepEDM", [("s_churn", 1.0), ("s_churn", 0.0)]),
+    ("FewStepScheduler", [("schedule", "karras"), ("schedule", "time_uniform"), ("schedule", "polyexponential")]),
+    ("FewStepFreeU", [("preset", None), ("preset", "custom")]),
+    ("FewStepDeepCache", [("mode", "non-uniform"), ("mode", "uniform")]),
+    ("FewStepOLSSTrain", [("select_on_heldout", False), ("select_on_heldout", True)]),
+]
+
+WIDGET_STATE = """(type) => {
+  const n = window.__fewstepNodes[type];
+  return { id: n.id, type: n.type, names: n.widgets.map((w) => w.name), widgets: n.widgets.map((w) => w.value),
+           disabled: n.widgets.filter((w) => w.disabled).map((w) => w.name),
+           linked: (n.inputs ?? []).filter((i) => i.link != null).map((i) => i.name) };
+}"""
+
+
+def test_widgets_that_do_nothing_are_greyed_and_follow_their_mode(page, comfy_server):
+    """Issue 20: a widget that does nothing in the node's current mode is greyed out in the editor (never
+    silently ignored), and follows the mode as the user changes it; the rules of js/fewstep_results.js
+    are the ones above (ACTIVE_WHEN), each names a widget the node has, and node ids and widget order stay
+    those of /object_info."""
+    infos = comfy_server.get("/object_info", timeout=120)
+    rules = page.evaluate("() => window.fewstepWidgetRules")
+    assert {k: sorted(v) for k, v in rules.items()} == {k: sorted(v) for k, v in ACTIVE_WHEN.items()}
+    for typ, names in rules.items():
+        spec = infos[typ]["input"]
+        have = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        assert set(names) <= have, (typ, names)
+    page.evaluate(f"""() => {{
+      const g = {APP}.graph; g.clear(); window.__fewstepNodes = {{}};
+      for (const t of {json.dumps([t for t, _ in WIDGET_STEPS] + ['FewStepOLSSSampler'])}) {{
+        const n = LiteGraph.createNode(t); g.add(n); window.__fewstepNodes[t] = n;
+      }}
+    }}""")
+    problems = []
+    for typ, steps in WIDGET_STEPS:
+        g = page.evaluate(WIDGET_STATE, typ)
+        order = [("control_after_generate" if w[3] else w[0]) for w in mw_widget_names(infos[typ])]
+        if g["names"][:len(order)] != order:
+            problems.append(f"{typ}: widget order {g['names']} != {order}")
+        problems += _greyed_problems(f"{typ} (new)", g)
+        for widget, value in steps:
+            if value is None:   # the first value of the combo other than the current one
+                value = next(v for v in infos[typ]["input"]["required"][widget][0] if v != "custom")
+            page.evaluate("""([t, name, v]) => {
+              const n = window.__fewstepNodes[t]; const w = n.widgets.find((x) => x.name === name);
+              w.value = v; w.callback?.(v, window.comfyAPI.app.app.canvas, n);
+            }""", [typ, widget, value])
+            g = page.evaluate(WIDGET_STATE, typ)
+            problems += _greyed_problems(f"{typ} after {widget}={value!r}", g)
+    # FewStep OLSS Sampler: the dropdown is greyed while a profile is linked
+    g = page.evaluate(WIDGET_STATE, "FewStepOLSSSampler")
+    problems += _greyed_problems("FewStepOLSSSampler (new)", g)
+    assert "profile_name" not in g["disabled"]
+    page.evaluate("""() => {
+      const a = window.__fewstepNodes.FewStepOLSSTrain, b = window.__fewstepNodes.FewStepOLSSSampler;
+      a.connect(0, b, b.inputs.findIndex((i) => i.name === "profile"));
+    }""")
+    g = page.evaluate(WIDGET_STATE, "FewStepOLSSSampler")
+    assert "profile" in g["linked"] and "profile_name" in g["disabled"], g
+    page.evaluate("""() => { const b = window.__fewstepNodes.FewStepOLSSSampler;
+      b.disconnectInput(b.inputs.findIndex((i) => i.name === "profile")); }""")
+    g = page.evaluate(WIDGET_STATE, "FewStepOLSSSampler")
+    assert "profile_name" not in g["disabled"], g
+    page.evaluate(f"() => {APP}.graph.clear()")
+    assert not problems, "\n".join(problems)
+    _no_pack_errors(page)
+
+
+def mw_widget_names(info):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+    return mw.widget_slots(info)

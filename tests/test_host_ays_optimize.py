@@ -296,3 +296,27 @@ def test_comfy_like_schedules_equal_comfyuis_own(comfy, family):
             got = comfy_schedule(name, steps, ms)
             assert got.shape == want.shape, (name, steps)
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-6), (name, steps)   # ComfyUI: float32
+
+
+def test_optimize_tells_its_stages_and_shows_its_summary(comfy, ays_dir, node_texts):
+    """Issue 20: AYS Optimize says where it is (teacher samples, each start's refinement and the
+    alignment with their sweep k of n, the final check; share of the work done and an ETA) through
+    ComfyUI's progress text, and its summary is the ui text and the last progress text."""
+    texts, run = node_texts
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    node = comfy.NODES["FewStepAYSOptimize"]()
+    with torch.inference_mode():
+        out = run(lambda: node.optimize(model, pos, neg, name="", latent_image=latent,
+                                        **(LIGHT | dict(samples=32, iterations=2, align_to="KSampler: euler"))))
+    joined = "\n".join(texts)
+    for want in ("AYS Optimize - teacher samples: ", "of 32", "held-out teacher samples", "teacher samples: done",
+                 "score the fixed starts on the held-out pairs", "refine 10 steps from ", "(1 of 2): sweep 1 of 2",
+                 "align 10 steps to the sampler: sweep 1 of 2", "final check on the held-out pairs",
+                 "% of the work", "ETA "):
+        assert want in joined, (want, texts)
+    order = [next(i for i, t in enumerate(texts) if w in t) for w in
+             ("teacher samples: ", "held-out teacher", "score the fixed", "(1 of 2): sweep 1", "align 10 steps",
+              "final check")]
+    assert order == sorted(order), texts
+    summary = out["ui"]["text"][0]
+    assert texts[-1] == summary and summary.startswith("Aligned to ComfyUI's euler")

@@ -21,7 +21,9 @@ def _analytic(comfy, family="eps", size=8):
 
 def _train(comfy, model, pos, neg, latent, name, **kw):
     with torch.inference_mode():
-        return comfy.NODES["FewStepOLSSTrain"]().train(model, pos, neg, latent, name=name, **(TEACH | kw))
+        out = comfy.NODES["FewStepOLSSTrain"]().train(model, pos, neg, latent, name=name, **(TEACH | kw))
+    assert out["ui"]["text"][0].startswith(("OLSS profile", "OLSS-P profile")), out["ui"]
+    return out["result"]
 
 
 def _sampler_custom(comfy, model, pos, neg, latent, sampler, sigmas, seed, cfg=3.0):
@@ -235,3 +237,33 @@ def test_held_out_selection_keeps_the_best_candidate_and_says_which(comfy, olss_
     a = _sampler_custom(comfy, model, pos, neg, latent, sampler, sigmas, 9)
     b = _sampler_custom(comfy, model, pos, neg, latent, fs, sigmas, 9)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_train_tells_its_stages_and_shows_its_summary(comfy, olss_dir, node_texts):
+    """Issue 20: OLSS Train says where it is (teacher run k of n, fit, closed-loop refine, held-out
+    selection, with the share of the work done and an ETA) through ComfyUI's progress text, and puts its
+    summary on the node as ui text (and as the last progress text) when done."""
+    texts, run = node_texts
+    model, pos, neg, latent = _analytic(comfy, "eps")
+    node = comfy.NODES["FewStepOLSSTrain"]()
+    with torch.inference_mode():
+        out = run(lambda: node.train(model, pos, neg, latent, name="staged",
+                                     **(TEACH | dict(samples=3, closed_loop=True, select_on_heldout=True,
+                                                     heldout_runs=2))))
+    summary = out["ui"]["text"][0]
+    prof, report = out["result"]
+    joined = "\n".join(texts)
+    for k in (1, 2, 3):
+        assert f"OLSS Train - teacher: run {k} of 3 (40 steps of dpmpp_2m)" in joined
+    for want in ("OLSS Train - fit: least squares and path planning", "refine (closed loop): model call",
+                 "held-out selection: run 1 of 2", "held-out selection: run 2 of 2", "% of the work", "ETA "):
+        assert want in joined, (want, texts)
+    order = [next(i for i, t in enumerate(texts) if w in t) for w in
+             ("teacher: run 1", "teacher: run 3", "fit:", "refine (closed loop)", "held-out selection: run 1")]
+    assert order == sorted(order), texts
+    # the summary: on the node as ui text and the last progress text; it names what was kept
+    assert texts[-1] == summary and summary.startswith(("OLSS profile staged", "OLSS-P profile staged"))
+    assert "held-out: kept " in summary and "Saved as staged.safetensors" in summary
+    kept = prof.extra["selection"].split("; kept ")[1].split(" (")[0]
+    assert f"kept {kept} " in summary
+    assert "saved to" in report and report != summary

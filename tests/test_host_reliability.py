@@ -163,7 +163,7 @@ def _train(comfy, name, family="eps", **kw):
     model, pos, neg, latent = _analytic(comfy, family)
     with torch.inference_mode():
         return comfy.NODES["FewStepOLSSTrain"]().train(model, pos, neg, latent, name=name,
-                                                        **(LIGHT_OLSS | {"seed": 5} | kw))
+                                                        **(LIGHT_OLSS | {"seed": 5} | kw))["result"]
 
 
 def _rewrite(path, tensors=None, **meta):

@@ -100,9 +100,8 @@ def test_layout_left_to_right_and_order():
     order = {n["id"]: n["order"] for n in w["nodes"]}
     for l in w["links"]:
         assert order[l[1]] < order[l[3]]
-    # nodes in one column do not overlap
-    col = sorted((n for n in w["nodes"] if n["pos"][0] == x[4]), key=lambda n: n["pos"][1])
-    assert len(col) == 2 and col[0]["pos"][1] + col[0]["size"][1] < col[1]["pos"][1]
+    # no two nodes overlap (the layout search may move a node off its column's x)
+    assert not [p for p in mw.layout_problems(w["nodes"], w["links"], infos=INFOS) if "overlap" in p]
 
 
 def test_check_accepts_generated_and_round_trips():
@@ -202,3 +201,59 @@ def test_layout_is_inside_the_view_for_a_long_chain():
         prompt[str(i)] = {"class_type": "A", "inputs": {"x": [str(i - 1), 0]}}
     w = mw.api_to_ui("chain", prompt, infos, note="n")
     assert any("outside the 1600x900 view" in p for p in mw.layout_problems(w["nodes"], w["links"]))
+
+
+def test_link_points_follow_litegraph_splines():
+    """A wire as the editor (LiteGraph, ComfyUI frontend 1.27) draws it: from the output slot (x + width
+    + 1 - 10, y + (slot + 0.7) * 20) to the input slot (x + 10, row among the plain sockets), a cubic
+    bezier whose control points lie max(30, distance / 4) out to the right and to the left."""
+    a = {"id": 1, "type": "Src", "pos": [0, 100], "size": [200, 80], "outputs": [{}, {}]}
+    b = {"id": 2, "type": "Mid", "pos": [400, 300], "size": [200, 80],
+         "inputs": [{"name": "model"}, {"name": "steps", "widget": {"name": "steps"}}, {"name": "extra"}]}
+    nodes = {1: a, 2: b}
+    pts = mw.link_points([1, 1, 1, 2, 2, "MODEL"], nodes, samples=4)
+    x0, y0, x3, y3 = 191, 100 + 1.7 * 20, 410, 300 + 1.7 * 20   # "extra" is the 2nd plain socket
+    assert pts[0] == pytest.approx((x0, y0)) and pts[-1] == pytest.approx((x3, y3))
+    d = max(30, ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5 / 4)
+    t = 0.25
+    u = 1 - t
+    want_x = u ** 3 * x0 + 3 * u * u * t * (x0 + d) + 3 * u * t * t * (x3 - d) + t ** 3 * x3
+    want_y = u ** 3 * y0 + 3 * u * u * t * y0 + 3 * u * t * t * y3 + t ** 3 * y3
+    assert pts[1] == pytest.approx((want_x, want_y))
+    # a short wire keeps the 30 px minimum of the control distance
+    c = dict(b, pos=[215, 100])
+    short = mw.link_points([1, 1, 0, 2, 0, "MODEL"], {1: a, 2: c}, samples=2)
+    assert short[1][0] == pytest.approx(0.125 * 191 + 0.375 * 221 + 0.375 * 195 + 0.125 * 225)
+    # an input that feeds a widget sits on its widget's row (with the node definitions)
+    wy = mw.slot_point(b, 1, True, INFOS)[1]
+    assert wy == pytest.approx(300 + 2 * 20 + 2 + 0 * mw.WIDGET_H + 10)   # 2 plain sockets; steps is widget 0
+
+
+def test_untangle_moves_a_node_off_a_wire():
+    """A node dropped across a wire: the layout search moves nodes until no wire runs behind one, inside
+    the view and without overlaps."""
+    w = ui()
+    nodes = {n["id"]: n for n in w["nodes"]}
+    src, dst = nodes[1], nodes[3]
+    blocker = {"id": 99, "type": "Mid", "pos": [(src["pos"][0] + src["size"][0] + dst["pos"][0]) / 2 - 20,
+                                                 (src["pos"][1] + dst["pos"][1]) / 2 - 40], "size": [40, 200]}
+    placed = w["nodes"] + [blocker]
+    assert any("runs behind node 99" in p for p in mw.layout_problems(placed, w["links"], infos=INFOS))
+    mw.untangle(placed, w["links"], INFOS)
+    assert mw.layout_problems(placed, w["links"], infos=INFOS) == []
+
+
+def test_a_clean_layout_on_disk_is_kept_and_a_changed_graph_is_laid_out_anew():
+    w = ui()
+    moved = copy.deepcopy(w)
+    for n in moved["nodes"]:
+        n["pos"] = [n["pos"][0], n["pos"][1] + 20]   # arranged by hand, still clean
+    assert mw.layout_problems(moved["nodes"], moved["links"], infos=INFOS) == []
+    again = mw.api_to_ui("t", copy.deepcopy(PROMPT), INFOS, previous=moved)
+    assert [n["pos"] for n in again["nodes"]] == [n["pos"] for n in moved["nodes"]]
+    # another graph (a link less): the old places are not used
+    p = copy.deepcopy(PROMPT)
+    del p["3"]["inputs"]["text"]
+    other = mw.api_to_ui("t", p, INFOS, previous=moved)
+    assert other["links"] != moved["links"]
+    assert [n["pos"] for n in other["nodes"]] != [n["pos"] for n in moved["nodes"]]

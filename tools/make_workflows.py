@@ -14,6 +14,11 @@ tests find it, see tests/comfy_host.py) or read from a running server's ``/objec
     python tools/make_workflows.py            # regenerate every UI workflow
     python tools/make_workflows.py --check    # exit 1 when a UI workflow is stale, missing or orphaned
     python tools/make_workflows.py --url http://127.0.0.1:8188 [--check]
+    python tools/make_workflows.py --relayout  # search every layout anew (slow), not only new/changed ones
+
+Layouts: a UI file whose graph is unchanged and whose layout is clean keeps its node places (so a layout
+arranged by hand in the editor stays); otherwise columns by graph depth, then ``untangle`` moves nodes
+until no wire runs behind a node (``layout_problems`` models the wires as the editor draws them).
 
 The module also holds the checks the host tests use: ``check_ui_workflow`` (widgets line up with the
 current definitions) and ``ui_to_api`` (the prompt the UI workflow queues, to compare with the twin).
@@ -43,9 +48,11 @@ CONTROL_DEFAULT = "fixed"
 PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170, "FewStepAYSOptimize": 170}
 
 #: extra height for what nodes show after a run (the saved picture, a report line)
-RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54}
+RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54, "FewStepOLSSTrain": 110}
 SLOT_H, WIDGET_H, PAD_H, TITLE_H = 20, 24, 14, 30
 MIN_W, COL_GAP, ROW_GAP = 220, 40, 30
+#: the widest gap left between columns where the view has room
+MAX_COL_GAP = 120
 #: the view every example must fit at 100% zoom (node boxes, title bars included), and the margin kept
 #: free for the editor's side bar and top menu
 VIEW_W, VIEW_H = 1600, 900
@@ -281,7 +288,7 @@ def node_size(info, n_sockets_in, n_widgets, type_name, title):
     return [w, h]
 
 
-def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, models=None) -> dict:
+def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, models=None, previous=None) -> dict:
     prompt = {str(k): v for k, v in prompt.items()}
     _check_prompt(name, prompt, infos)
     ids = id_map(prompt)
@@ -374,8 +381,12 @@ def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, mod
                      "order": len(order), "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                      "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"}
     cols = {ids[k]: COLUMNS.get(name, {}).get(k, depth[k]) for k in prompt}
-    placed = layout([nodes_ui[k] for k in order_keys], links, depth_of=cols, note=note_node,
-                    fixed=set(ids[k] for k in COLUMNS.get(name, {})))
+    placed = kept_layout([nodes_ui[k] for k in order_keys] + ([note_node] if note_node else []), links, previous)
+    if placed is not None and layout_problems(placed, links, infos=infos):
+        placed = untangle(placed, links, infos)   # the same graph, not clean yet: the search goes on from there
+    elif placed is None:
+        placed = layout([nodes_ui[k] for k in order_keys], links, depth_of=cols, note=note_node,
+                        fixed=set(ids[k] for k in COLUMNS.get(name, {})), infos=infos)
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/fewstep/comfyui-fewstep/{name}")),
         "revision": 0,
@@ -389,6 +400,35 @@ def api_to_ui(name: str, prompt: dict, infos: dict, note: str | None = None, mod
         **({"models": models} if models else {}),
         "version": 0.4,
     }
+
+
+def forward_gap(a, b):
+    """Whether a wire from node ``a`` to node ``b`` runs forward: ``b`` starts COL_GAP right of ``a``'s
+    right edge, or ``b`` sits under ``a`` in the same column (from its left edge on: the wire loops back
+    into it, as between stacked patch nodes)."""
+    ax, ay = a["pos"]
+    bx, by = b["pos"]
+    return ax + a["size"][0] + COL_GAP <= bx or (ax <= bx < ax + a["size"][0] and ay + a["size"][1] < by)
+
+
+def kept_layout(nodes_list, links, previous):
+    """The node places of ``previous`` (the UI workflow written before, perhaps arranged by hand in the
+    editor) when it holds the same graph (node ids, types and sizes, the same links); else None and the
+    layout is searched anew. Clean places (``layout_problems`` finds nothing) are kept as they are, and
+    the search (``untangle``) goes on from places that are not: regeneration stays quick and stable, and
+    the search runs only for a new, changed or not yet clean workflow."""
+    if not previous:
+        return None
+    old = {n.get("id"): n for n in previous.get("nodes", [])}
+    if set(old) != {n["id"] for n in nodes_list} or previous.get("links") != links:
+        return None
+    out = []
+    for n in nodes_list:
+        o = old[n["id"]]
+        if o.get("type") != n["type"] or list(o.get("size", [])) != list(n["size"]) or len(o.get("pos", [])) != 2:
+            return None
+        out.append(dict(n, pos=list(o["pos"])))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -405,14 +445,36 @@ def _slot_y(n, slot):
     return n["pos"][1] + (slot + 0.7) * SLOT_H
 
 
-def link_points(link, nodes, samples=48):
-    """Points along a link as LiteGraph draws it (a bezier leaving the output to the right and entering
-    the input from the left, control points a quarter of the distance out)."""
+def slot_point(n, slot, is_input, infos=None):
+    """Where LiteGraph (ComfyUI frontend 1.27) puts a link's end on node ``n``: outputs at the right
+    edge (x + width + 1 - 10), inputs at the left edge (x + 10), both at row (index + 0.7) * 20 counted
+    among the plain sockets; an input that feeds a widget sits on that widget's row instead (found with
+    the node definitions ``infos``; without them it is taken as a plain socket)."""
+    x, y = n["pos"]
+    if not is_input:
+        return x + n["size"][0] + 1 - SLOT_H / 2, y + (slot + 0.7) * SLOT_H
+    inputs = n.get("inputs") or []
+    inp = inputs[slot] if slot < len(inputs) else {}
+    plain = [i for i in inputs if "widget" not in i]
+    info = (infos or {}).get(n["type"])
+    if "widget" in inp and info is not None:
+        names = [w[0] for w in widget_slots(info)]
+        if inp["widget"]["name"] in names:
+            rows = max(len(plain), len(n.get("outputs") or []))
+            wi = names.index(inp["widget"]["name"])
+            return x + SLOT_H / 2, y + rows * SLOT_H + 2 + wi * WIDGET_H + SLOT_H / 2
+    row = plain.index(inp) if inp in plain else slot
+    return x + SLOT_H / 2, y + (row + 0.7) * SLOT_H
+
+
+def link_points(link, nodes, samples=48, infos=None):
+    """Points along a link as LiteGraph draws it (LinkRenderer's spline): a cubic bezier from the
+    output slot to the input slot, leaving to the right and entering from the left, its control
+    points max(30, distance / 4) out along those directions."""
     _, a, a_slot, b, b_slot, _ = link
-    na, nb = nodes[a], nodes[b]
-    x0, y0 = na["pos"][0] + na["size"][0], _slot_y(na, a_slot)
-    x3, y3 = nb["pos"][0], _slot_y(nb, b_slot)
-    d = math.hypot(x3 - x0, y3 - y0) * 0.25
+    x0, y0 = slot_point(nodes[a], a_slot, False, infos)
+    x3, y3 = slot_point(nodes[b], b_slot, True, infos)
+    d = max(30.0, math.hypot(x3 - x0, y3 - y0) * 0.25)
     x1, y1, x2, y2 = x0 + d, y0, x3 - d, y3
     out = []
     for i in range(samples + 1):
@@ -423,9 +485,11 @@ def link_points(link, nodes, samples=48):
     return out
 
 
-def layout_problems(nodes_list, links, view=(VIEW_W, VIEW_H)):
+def layout_problems(nodes_list, links, view=(VIEW_W, VIEW_H), infos=None):
     """Why a layout is not compact and clean: a node outside the view, two nodes overlapping, a wire
-    running behind a node that is neither its source nor its target."""
+    running behind a node that is neither its source nor its target (the wire sampled at 48 points
+    along LiteGraph's spline, ``link_points``; a point counts when it is more than 2 px inside the
+    node's box, title bar included)."""
     nodes = {n["id"]: n for n in nodes_list}
     out = []
     for n in nodes_list:
@@ -440,7 +504,7 @@ def layout_problems(nodes_list, links, view=(VIEW_W, VIEW_H)):
             if ba[0] < bb[2] and bb[0] < ba[2] and ba[1] < bb[3] and bb[1] < ba[3]:
                 out.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
     for l in links:
-        pts = link_points(l, nodes)
+        pts = link_points(l, nodes, infos=infos)
         for n in nodes_list:
             if n["id"] in (l[1], l[3]):
                 continue
@@ -477,7 +541,7 @@ def _crossings(nodes_list, links, pending=(), samples=24):
     return count
 
 
-def layout(nodes_list, links, depth_of, note=None, fixed=()):
+def layout(nodes_list, links, depth_of, note=None, fixed=(), infos=None):
     import itertools
 
     nodes = {n["id"]: n for n in nodes_list}
@@ -495,6 +559,10 @@ def layout(nodes_list, links, depth_of, note=None, fixed=()):
     n_cols = max(col.values()) + 1
     columns = [[nid for nid in sorted(col) if col[nid] == c] for c in range(n_cols)]
     x = X0
+    # the columns spread over the view's width (wider gaps give wires room to bend between columns)
+    widths = [max(nodes[m]["size"][0] for m in members) for members in columns]
+    free = VIEW_W - CANVAS_X - X0 - sum(widths)
+    col_gap = max(COL_GAP, min(MAX_COL_GAP, free // max(1, n_cols)))
     placed = []
     for c, members in enumerate(columns):
         width = max(nodes[m]["size"][0] for m in members)
@@ -528,7 +596,7 @@ def layout(nodes_list, links, depth_of, note=None, fixed=()):
         for n in best[1]:
             nodes[n["id"]]["pos"] = n["pos"]
         placed += best[1]
-        x += width + COL_GAP
+        x += width + col_gap
     if note is not None:
         best = None
         xs = sorted({n["pos"][0] for n in placed}) + [x]
@@ -542,8 +610,230 @@ def layout(nodes_list, links, depth_of, note=None, fixed=()):
                 if fits and (best is None or score < best[0]):
                     best = (score, n)
         placed.append(best[1] if best else dict(note, pos=[x, Y0]))
+    untangle(placed, links, infos)
     by_id = {n["id"]: n for n in placed}
     return [by_id[n["id"]] for n in nodes_list] + ([by_id[note["id"]]] if note is not None else [])
+
+
+#: the grid the untangling pass moves nodes on, the room kept between neighbours, and the clearance
+#: the annealing keeps between a wire and a node it passes
+STEP, MARGIN, CLEAR = 10, 10, 4
+#: annealing runs (seeds 1, 2, ...; each from the best layout so far) until no wire runs behind a node
+ANNEAL_TRIES = 16
+
+
+def _bezier(p0, p3, samples):
+    import numpy as np
+    d = max(30.0, math.hypot(p3[0] - p0[0], p3[1] - p0[1]) * 0.25)
+    t = np.linspace(0.0, 1.0, samples + 1)[:, None]
+    u = 1 - t
+    c = np.array([p0, (p0[0] + d, p0[1]), (p3[0] - d, p3[1]), p3], dtype=float)
+    return u ** 3 * c[0] + 3 * u * u * t * c[1] + 3 * u * t * t * c[2] + t ** 3 * c[3]
+
+
+def _inside(pts, boxes):
+    """(links, boxes) bool: which wires (``pts``, (L, k, 2)) come within CLEAR px of which boxes
+    ((B, 4) x0, y0, x1, y1)."""
+    import numpy as np
+    x, y = pts[:, None, :, 0], pts[:, None, :, 1]
+    b = np.asarray(boxes, dtype=float)[None, :, :, None]
+    c = CLEAR   # clearance: layout_problems counts a point 2 px inside, the search keeps CLEAR px off
+    return ((x > b[:, :, 0] - c) & (x < b[:, :, 2] + c) & (y > b[:, :, 1] - c) & (y < b[:, :, 3] + c)).any(-1)
+
+
+def untangle(nodes_list, links, infos=None, passes=6, anneal_steps=40000, samples=24):
+    """Move nodes, on a 20 px grid, to where no wire runs behind a node (the wires sampled as
+    ``link_points`` draws them); among equally clean places the one with the straightest wires.
+    A node keeps its sources to its left and its consumers to its right (``forward_gap``), stays
+    inside the view and off other nodes. Single-node moves until none helps; where a wire still runs behind a node, the
+    whole layout is annealed (``anneal``) and the single-node moves polish it. In place; deterministic."""
+    import numpy as np
+    nodes = {n["id"]: n for n in nodes_list}
+    order = sorted(nodes)
+    grid = 2 * STEP
+
+    def ends(l):
+        return slot_point(nodes[l[1]], l[2], False, infos), slot_point(nodes[l[3]], l[4], True, infos)
+
+    def wires(ls):
+        if not ls:
+            return np.zeros((0, samples + 1, 2))
+        return np.stack([_bezier(*ends(l), samples) for l in ls])
+
+    def allowed(nid):
+        x0, y0, x1, y1 = node_box(nodes[nid])
+        if x0 < 0 or y0 < 0 or x1 > VIEW_W - CANVAS_X or y1 > VIEW_H - CANVAS_Y:
+            return False
+        for mid in order:
+            if mid != nid:
+                b = node_box(nodes[mid])
+                if x0 < b[2] + MARGIN and b[0] < x1 + MARGIN and y0 < b[3] + MARGIN and b[1] < y1 + MARGIN:
+                    return False
+        for l in links:   # no wire runs right to left (a wire from a node to the one under it may loop)
+            if l[3] == nid and not forward_gap(nodes[l[1]], nodes[nid]):
+                return False
+            if l[1] == nid and not forward_gap(nodes[nid], nodes[l[3]]):
+                return False
+        return True
+
+    def stretch(ls):
+        return sum(abs(ends(l)[1][1] - ends(l)[0][1]) for l in ls)
+
+    def hits():
+        """(link index, node id) of every wire behind a node."""
+        if not links:
+            return []
+        boxes = np.array([node_box(nodes[m]) for m in order]).reshape(-1, 4)
+        h = _inside(wires(links), boxes)
+        return [(li, m) for li, l in enumerate(links) for mi, m in enumerate(order)
+                if h[li, mi] and m not in (l[1], l[3])]
+
+    def total():
+        return len(hits()), stretch(links)
+
+    def places(n):
+        return [(x, y) for x in range(X0, VIEW_W - CANVAS_X - n["size"][0] + 1, grid)
+                for y in range(Y0, VIEW_H - CANVAS_Y - n["size"][1] + 1, grid)]
+
+    def settle():
+        for _ in range(passes):
+            moved = False
+            for nid in order:
+                n = nodes[nid]
+                mine = [l for l in links if nid in (l[1], l[3])]
+                others = wires([l for l in links if nid not in (l[1], l[3])])
+                rest = [m for m in order if m != nid]
+                rest_boxes = np.array([node_box(nodes[m]) for m in rest]).reshape(-1, 4)
+                may = np.array([[m not in (l[1], l[3]) for m in rest] for l in mine],
+                               dtype=bool).reshape(len(mine), len(rest))
+
+                def score():
+                    bad = int(_inside(others, [node_box(n)]).sum()) if len(others) else 0
+                    if mine:
+                        bad += int((_inside(wires(mine), rest_boxes) & may).sum())
+                    return bad, stretch(mine)
+
+                home = list(n["pos"])
+                best, best_pos = score(), home
+                if best[0] == 0 and not mine:
+                    continue  # an unwired node (the Note) with nothing behind it stays
+                for x, y in places(n):
+                    n["pos"] = [x, y]
+                    if allowed(nid):
+                        sc = score()
+                        if sc[0] < best[0] or (sc[0] == best[0] and sc[1] < best[1] - 1e-6):
+                            best, best_pos = sc, [x, y]
+                n["pos"] = best_pos
+                moved |= best_pos != home
+            if not moved:
+                return
+
+    settle()
+    if total()[0]:
+        start = {m: list(nodes[m]["pos"]) for m in order}
+        best = None
+        for seed in range(1, ANNEAL_TRIES + 1):   # each run reheats the best layout so far
+            for m in order:
+                nodes[m]["pos"] = list(best[1][m] if best else start[m])
+            anneal(nodes_list, links, infos, iterations=anneal_steps, samples=samples, seed=seed)
+            settle()
+            sc = total()
+            if best is None or sc < best[0]:
+                best = (sc, {m: list(nodes[m]["pos"]) for m in order})
+            if sc[0] == 0:
+                break
+        for m in order:
+            nodes[m]["pos"] = best[1][m]
+    return nodes_list
+
+
+def anneal(nodes_list, links, infos=None, iterations=30000, samples=24, seed=20):
+    """Simulated annealing of every node's place (20 px grid) on one cost: wires behind nodes, overlaps
+    (with MARGIN), boxes outside the view and wires running right to left (sources keep COL_GAP to the
+    left of their consumers) all weigh heavily; then the vertical run of the wires. Moves: one node
+    nudged, or put anywhere. The best layout met without a hard fault is kept. In place; seeded."""
+    import random
+    import numpy as np
+    rng = random.Random(seed)
+    ids = [n["id"] for n in nodes_list]
+    at = {nid: i for i, nid in enumerate(ids)}
+    size = np.array([n["size"] for n in nodes_list], dtype=float)
+    pos = np.array([n["pos"] for n in nodes_list], dtype=float)
+    nodes = {n["id"]: n for n in nodes_list}
+    L = len(links)
+    src = np.array([at[l[1]] for l in links], dtype=int)
+    dst = np.array([at[l[3]] for l in links], dtype=int)
+    # slot offsets from the node's pos (fixed: they depend on the node's size and sockets only)
+    off_a, off_b = np.zeros((L, 2)), np.zeros((L, 2))
+    for k, l in enumerate(links):
+        na, nb = nodes[l[1]], nodes[l[3]]
+        pa, pb = slot_point(na, l[2], False, infos), slot_point(nb, l[4], True, infos)
+        off_a[k] = (pa[0] - na["pos"][0], pa[1] - na["pos"][1])
+        off_b[k] = (pb[0] - nb["pos"][0], pb[1] - nb["pos"][1])
+    may = np.ones((L, len(ids)), dtype=bool)
+    may[np.arange(L), src] = False
+    may[np.arange(L), dst] = False
+    t = np.linspace(0.0, 1.0, samples + 1)[None, :]
+    u = 1 - t
+    lo_x, lo_y = 0.0, float(TITLE_H)
+    hi = np.stack([VIEW_W - CANVAS_X - size[:, 0], VIEW_H - CANVAS_Y - size[:, 1]], axis=1)
+
+    def cost(P):
+        a, b = P[src] + off_a, P[dst] + off_b
+        d = np.maximum(30.0, np.hypot(*(b - a).T) * 0.25)[:, None]
+        bx = u ** 3 * a[:, :1] + 3 * u * u * t * (a[:, :1] + d) + 3 * u * t * t * (b[:, :1] - d) + t ** 3 * b[:, :1]
+        by = u ** 3 * a[:, 1:] + 3 * u * u * t * a[:, 1:] + 3 * u * t * t * b[:, 1:] + t ** 3 * b[:, 1:]
+        x0, y0 = P[:, 0][None, :, None], (P[:, 1] - TITLE_H)[None, :, None]
+        x1, y1 = (P[:, 0] + size[:, 0])[None, :, None], (P[:, 1] + size[:, 1])[None, :, None]
+        X, Y = bx[:, None, :], by[:, None, :]
+        # CLEAR px of clearance (layout_problems counts a point 2 px inside): no near misses
+        inside = ((X > x0 - CLEAR) & (X < x1 + CLEAR) & (Y > y0 - CLEAR) & (Y < y1 + CLEAR)).any(-1) & may
+        behind = int(inside.sum())
+        bx0, by0, bx1, by1 = P[:, 0], P[:, 1] - TITLE_H, P[:, 0] + size[:, 0], P[:, 1] + size[:, 1]
+        ov = ((bx0[:, None] < bx1[None, :] + MARGIN) & (bx0[None, :] < bx1[:, None] + MARGIN)
+              & (by0[:, None] < by1[None, :] + MARGIN) & (by0[None, :] < by1[:, None] + MARGIN))
+        overlaps = int((np.triu(ov, 1)).sum())
+        outside = int(((P[:, 0] < lo_x) | (P[:, 1] - TITLE_H < lo_y - TITLE_H + 0) | (P[:, 0] > hi[:, 0])
+                       | (P[:, 1] > hi[:, 1]) | (P[:, 1] < Y0)).sum())
+        right = P[src, 0] + size[src, 0] + COL_GAP <= P[dst, 0]
+        below = (P[src, 0] <= P[dst, 0]) & (P[src, 0] + size[src, 0] > P[dst, 0]) & (P[src, 1] + size[src, 1] < P[dst, 1])
+        backward = int((~(right | below)).sum())
+        hard = overlaps + outside + backward
+        stretch = float(np.abs(b[:, 1] - a[:, 1]).sum())
+        return 1000.0 * (hard + behind) + stretch, hard, behind
+
+    cur = cost(pos)
+    best = (cur[2], cur[0], pos.copy()) if cur[1] == 0 else None
+    temp0, temp1 = 400.0, 5.0
+    for it in range(iterations):
+        temp = temp0 * (temp1 / temp0) ** (it / max(1, iterations - 1))
+        i = rng.randrange(len(ids))
+        old = pos[i].copy()
+        r = rng.random()
+        j = None
+        if r < 0.15:
+            pos[i] = (rng.randrange(X0, int(hi[i, 0]) + 1, 20) if hi[i, 0] >= X0 else X0,
+                      rng.randrange(Y0, int(hi[i, 1]) + 1, 20) if hi[i, 1] >= Y0 else Y0)
+        elif r < 0.3:   # two nodes trade places
+            j = rng.randrange(len(ids))
+            oldj = pos[j].copy()
+            pos[i], pos[j] = oldj, old.copy()
+        else:
+            step = rng.choice((20, 40, 80, 160))
+            pos[i] = (old[0] + rng.choice((-step, 0, step)), old[1] + rng.choice((-step, 0, step)))
+        new = cost(pos)
+        if new[1] <= cur[1] and (new[0] <= cur[0] or rng.random() < math.exp((cur[0] - new[0]) / temp)):
+            cur = new
+            if new[1] == 0 and (best is None or (new[2], new[0]) < (best[0], best[1])):
+                best = (new[2], new[0], pos.copy())
+        else:
+            pos[i] = old
+            if j is not None:
+                pos[j] = oldj
+    if best is not None:
+        for i, n in enumerate(nodes_list):
+            n["pos"] = [int(best[2][i, 0]), int(best[2][i, 1])]
+    return nodes_list
 
 
 def dumps(obj) -> str:
@@ -729,13 +1019,24 @@ def load_models(api_path: Path):
     return MODELS.get(api_path.stem)
 
 
-def generate_all(url: str | None = None) -> dict:
-    """{ui path: text} for every API workflow."""
+def generate_all(url: str | None = None, keep_layouts: bool = True) -> dict:
+    """{ui path: text} for every API workflow. ``keep_layouts``: keep the node places of the UI file on
+    disk where they still fit its graph and are clean (``kept_layout``); False: search every layout."""
     prompts = {p: load_api(p) for p in api_files()}
     types = {n.get("class_type") for pr in prompts.values() for n in pr.values() if isinstance(n, dict)}
     infos = object_info_for([t for t in types if t], url)
-    return {WORKFLOWS / p.name: dumps(api_to_ui(p.stem, pr, infos, note=load_note(p), models=load_models(p)))
-            for p, pr in prompts.items()}
+    out = {}
+    for p, pr in prompts.items():
+        ui_path = WORKFLOWS / p.name
+        previous = None
+        if keep_layouts and ui_path.is_file():
+            try:
+                previous = json.loads(ui_path.read_text())
+            except ValueError:
+                previous = None
+        out[ui_path] = dumps(api_to_ui(p.stem, pr, infos, note=load_note(p), models=load_models(p),
+                                       previous=previous))
+    return out
 
 
 def stale(generated: dict) -> list:
@@ -762,9 +1063,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only check; exit 1 when a UI workflow is stale")
     ap.add_argument("--url", help="read node definitions from this running ComfyUI instead of importing it")
+    ap.add_argument("--relayout", action="store_true",
+                    help="search every layout anew (default: keep the places of a UI file whose graph is unchanged "
+                         "and whose layout is clean; the search takes up to a minute a workflow)")
     a = ap.parse_args(argv)
     try:
-        generated = generate_all(a.url)
+        generated = generate_all(a.url, keep_layouts=not a.relayout)
     except WorkflowError as e:
         print(f"make_workflows: {e}", file=sys.stderr)
         return 2
