@@ -35,14 +35,16 @@ def test_all_patch_workflows_exist():
     # real-model starters, which tests/test_host_workflows.py validates with placeholder files)
     loads = {p.stem for p in API_DIR.glob("*.json") if "CheckpointLoaderSimple" in p.read_text()
              and not p.stem.startswith("starter_")}
-    assert loads == {p.stem for p in PATCH_FILES}
+    assert loads == {"patch_all"}  # the SD1.5 starter; the single-patch ones use the reference model
 
 
 @pytest.mark.parametrize("path", PATCH_FILES, ids=[p.stem for p in PATCH_FILES])
 def test_patch_workflow_runs_headless(path, comfy_server, tiny_checkpoint):
     prompt = json.loads(path.read_text())
     loaders = [n for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
-    assert loaders and all(n["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly-fp16.safetensors" for n in loaders)
+    refs = [n for n in prompt.values() if n["class_type"] == "FewStepReferenceModel"]
+    assert bool(loaders) != bool(refs), "a patch workflow loads an SD1.5 checkpoint or uses the reference model"
+    assert all(n["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly-fp16.safetensors" for n in loaders)
     for n in loaders:
         n["inputs"]["ckpt_name"] = tiny_checkpoint
     for n in prompt.values():
@@ -54,6 +56,9 @@ def test_patch_workflow_runs_headless(path, comfy_server, tiny_checkpoint):
     entry = comfy_server.run(prompt, timeout=600)
     saved = [o for o in entry["outputs"].values() if o.get("images")]
     assert saved, entry["outputs"]
+    if refs:  # unpatched and patched images, each scored on the node
+        scores = [o["text"][0] for o in entry["outputs"].values() if o.get("text")]
+        assert len(saved) == 2 and len([t for t in scores if "class accuracy" in t]) == 2, entry["outputs"]
     log = comfy_server.log()[log_before:]
     kinds = {n["class_type"] for n in prompt.values()}
     if "FewStepDeepCache" in kinds:

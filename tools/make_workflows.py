@@ -48,7 +48,8 @@ CONTROL_DEFAULT = "fixed"
 PREVIEW_HEIGHT = {"FewStepAYSScheduler": 170, "FewStepScheduler": 170, "FewStepAYSOptimize": 170}
 
 #: extra height for what nodes show after a run (the saved picture, a report line)
-RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54, "FewStepOLSSTrain": 110}
+RESULT_HEIGHT = {"SaveImage": 270, "PreviewImage": 270, "FewStepExactError": 54, "FewStepOLSSTrain": 110,
+                 "FewStepReferenceModel": 70, "FewStepQuality": 70}
 SLOT_H, WIDGET_H, PAD_H, TITLE_H = 20, 24, 14, 30
 MIN_W, COL_GAP, ROW_GAP = 220, 40, 30
 #: the widest gap left between columns where the view has room
@@ -64,7 +65,10 @@ X0, Y0 = 20, 40 + TITLE_H
 VIRTUAL_TYPES = ("Note", "MarkdownNote")
 NOTE_W, NOTE_H = 220, 200
 #: columns given by hand where graph depth makes too many: {workflow: {API node id: column}}
-COLUMNS = {"patch_all": {"9": 1, "10": 1, "3": 2, "4": 2, "5": 2, "6": 3, "7": 4, "8": 5}}
+COLUMNS = {"patch_all": {"9": 1, "10": 1, "3": 2, "4": 2, "5": 2, "6": 3, "7": 4, "8": 5},
+           # the reference-model patch workflows: unpatched branch (3-6) above, patched (2, 7-10) below
+           **{name: {"2": 1, "3": 1, "4": 2, "7": 2, "5": 3, "6": 3, "8": 3, "9": 4, "10": 4}
+              for name in ("patch_deepcache", "patch_freeu", "patch_tgate")}}
 #: how tall a column may grow before a source node stays in the first column instead
 COLUMN_ROOM = 520
 
@@ -1011,8 +1015,7 @@ SDXL = {"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}
 FLUX_SCHNELL = {"name": "flux1-schnell-fp8.safetensors", "directory": "checkpoints",
                 "url": "https://huggingface.co/Comfy-Org/flux1-schnell/resolve/main/flux1-schnell-fp8.safetensors"}
-MODELS = {**{name: [SD15] for name in ("patch_all", "patch_deepcache", "patch_freeu", "patch_tgate")},
-          "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL]}
+MODELS = {"patch_all": [SD15], "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL]}
 
 
 def load_models(api_path: Path):
