@@ -292,9 +292,12 @@ class FewStepOLSSTrain:
         chosen = dataclasses.replace(chosen, extra={**chosen.extra, "method": method, "selection": text[:4000]})
         chosen.validate()
         log.info("FewStep OLSS: %s", text)
-        kept = f"held-out: kept {win} (error {err[win]:.4g}" + (
-            f", {err[win] / fixed[best_fixed]:.2f}x the best fixed, {best_fixed[7:]})" if best_fixed else ")")
-        return chosen, text, kept
+        return chosen, text, _kept_line(win, err, fixed, best_fixed)
+
+
+def _kept_line(win, err, fixed, best_fixed) -> str:
+    return f"held-out: kept {win} (error {err[win]:.4g}" + (
+        f", {err[win] / fixed[best_fixed]:.2f}x the best fixed, {best_fixed[7:]})" if best_fixed else ")")
 
 
 def summary_text(prof, kept: str, name: str) -> str:

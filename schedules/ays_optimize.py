@@ -703,6 +703,11 @@ class _Progress:
         if self.stage is not None:
             self.stage(text)
 
+    def end(self, text: str | None = None):
+        self.phase = None
+        if text is not None:
+            self.say(text)
+
     def begin(self, text: str, n: int):
         self.phase = (text, self.done, n)
         self.say(f"{text}: sweep 1 of {self.iterations}")
@@ -819,8 +824,7 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
     multi = init == "auto" and validate is not None
     pool, start_err = None, {}
     if multi and held is not None:
-        if stage is not None:
-            stage("score the fixed starts on the held-out pairs")
+        (stage or (lambda text: None))("score the fixed starts on the held-out pairs")
         pool, start_err, starts = _held_out_starts(held, safety_held, lv[0], ms, table, safe_ratio, refine_starts)
     else:
         starts = list(auto_init) if multi else [init if init != "auto" else auto_init[0]]
@@ -845,23 +849,29 @@ def optimize_ays(denoiser: Callable, x0: torch.Tensor, model_sigmas: ModelSigmas
             out = refine(subdivide(sched, ms), n)
         sched, k0, k1, res.sweeps[n], res.stop_reason[n], v0, v1 = out
         if align is not None:
-            res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
-            prog.begin(f"align {n} steps to the sampler", n)
-            sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
-                                              window, shrink, prog.tick, safety=safety_fit)
-            prog.skip((iterations - asw) * (n - 1))
-            res.aligned[n] = (a0, a1, asw, awhy)
-        res.levels[n] = torch.tensor(sched, dtype=torch.float64)
-        res.klub[n] = (k0, k1)
+            sched = _align_level(res, n, sched, prog, validate, ms, iterations, align_candidates, table, z, window,
+                                 shrink, safety_fit)
+        res.levels[n], res.klub[n] = torch.tensor(sched, dtype=torch.float64), (k0, k1)
         if v0 is not None:
             res.validation[n] = (v0, v1)
-    prog.phase = None
+    prog.end("final check on the held-out pairs" if held is not None else None)
     res.sigmas = schedule_for_steps(res.levels, steps)
     if held is not None:
-        prog.say("final check on the held-out pairs")
         _guard(res, held, safety_held, ms, steps, safe_ratio)
     res.evaluations = est.evaluations
     return res
+
+def _align_level(res: AYSResult, n: int, sched: list, prog: _Progress, validate, ms, iterations, align_candidates,
+                 table, z, window, shrink, safety_fit) -> list:
+    """Stage 2 on one level: the schedule refined on the sampling error with the aligned solver."""
+    res.klub_only[n] = torch.tensor(sched, dtype=torch.float64)
+    prog.begin(f"align {n} steps to the sampler", n)
+    sched, a0, a1, asw, awhy = _align(validate, sched, ms, iterations, align_candidates, table, z,
+                                      window, shrink, prog.tick, safety=safety_fit)
+    prog.skip((iterations - asw) * (n - 1))
+    res.aligned[n] = (a0, a1, asw, awhy)
+    return sched
+
 
 class Safety:
     """Is a schedule safe with other solvers? Per check solver (name -> solve(model, x, sigmas)), its error
