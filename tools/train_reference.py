@@ -87,6 +87,8 @@ BUDGETS = {
 NOMINAL = {"ae": 0.25, "clf": 0.12, "bank": 2.5, "unet": 0.45, "eval": 0.1}
 P_UNCOND = 0.15
 KL_WEIGHT = 1e-4
+MIN_SNR_GAMMA = 5.0   # UNet loss weighting (see train_unet)
+TOKEN_LR_MULT = 10.0  # the class tokens learn 10x faster than the UNet
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,8 +169,9 @@ class Stages:
         keys = self.DEPENDS.get(name)
         b = self.budget if keys is None else {k: self.budget[k] for k in keys}
         threads = self.threads if keys is not None else [self.threads, self.unet_threads]
+        extra = {} if keys is not None else {"min_snr_gamma": MIN_SNR_GAMMA, "token_lr_mult": TOKEN_LR_MULT, "ema_warmup": True}
         return json.dumps({"stage": name, "seed": self.seed, "threads": threads, "budget": b,
-                           "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT}, sort_keys=True)
+                           "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT, **extra}, sort_keys=True)
 
     def load(self, name):
         if not self.folder:
@@ -305,9 +308,10 @@ def train_unet(rm, spec, data, training, bank, labels, b, seed, prog):
     unet = base.diffusion_model
     unet.train()
     g = torch.Generator().manual_seed(data._mix(seed, 402))
-    tokens = torch.nn.Parameter(torch.randn(data.NUM_CLASSES + 1, spec.TOKENS, spec.CONTEXT_DIM, generator=g) * 0.5)
+    tokens = torch.nn.Parameter(torch.randn(data.NUM_CLASSES + 1, spec.TOKENS, spec.CONTEXT_DIM, generator=g))
     params = list(unet.parameters()) + [tokens]
-    opt = torch.optim.AdamW(params, lr=b["unet_lr"], weight_decay=0.0)
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "mult": 1.0},
+                             {"params": [tokens], "mult": TOKEN_LR_MULT}], lr=b["unet_lr"], weight_decay=0.0)
     ema = training.Ema(params, b["ema"])
     sigmas = base.model_sampling.sigmas.detach().double().cpu()
     ac = (1.0 / (1.0 + sigmas ** 2)).float()
@@ -317,7 +321,7 @@ def train_unet(rm, spec, data, training, bank, labels, b, seed, prog):
     warm = max(1, min(500, b["unet_steps"] // 20))
     for step in range(b["unet_steps"]):
         for gr in opt.param_groups:
-            gr["lr"] = training.lr_at(step, b["unet_steps"], b["unet_lr"], warmup=warm, floor=0.1)
+            gr["lr"] = gr["mult"] * training.lr_at(step, b["unet_steps"], b["unet_lr"], warmup=warm, floor=0.1)
         gs = torch.Generator().manual_seed(data._mix(seed, 10_000_000 + step))
         idx = torch.randint(0, n, (b["unet_batch"],), generator=gs)
         x0, lab = bank[idx], labels[idx].clone()
@@ -327,7 +331,12 @@ def train_unet(rm, spec, data, training, bank, labels, b, seed, prog):
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         pred = unet(xt, timesteps=t.float(), context=tokens[lab], transformer_options=rm.pytorch_attention_options())
-        loss = F.mse_loss(pred, eps)
+        # min-SNR-gamma weighting (Hang et al. 2023) of the eps loss: min(SNR, gamma) / SNR, so the
+        # low-noise steps (large loss, little to learn about the class) do not drown the high-noise
+        # ones where the class decides the image
+        snr = (a / (1 - a)).view(-1)
+        w = snr.clamp(max=MIN_SNR_GAMMA) / snr
+        loss = (w * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -336,11 +345,13 @@ def train_unet(rm, spec, data, training, bank, labels, b, seed, prog):
         if (step + 1) % every == 0 or step + 1 == b["unet_steps"]:
             prog.report(step + 1, loss.item())
     timing = prog.finish()
+    raw = {spec.UNET_PREFIX + k: v.detach().clone() for k, v in unet.state_dict().items()}
+    raw[spec.TOKENS_KEY] = tokens.detach().clone().float()
     ema.copy_to(params)
     sd = {spec.UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
     sd = _fp16(sd)
     sd[spec.TOKENS_KEY] = tokens.detach().clone().float()
-    return sd, timing
+    return sd, timing, _fp16(raw)
 
 
 def evaluate(host, rm, spec, data, clf_mod, clf, stats, unet_sd, vae_sd, b, seed, prog):
@@ -468,14 +479,16 @@ def main(argv=None) -> int:
     if got:
         unet_sd, t_unet = got
     else:
-        unet_sd, t_unet = train_unet(rm, spec, data, training, bank, labels, b, args.seed, prog)
+        unet_sd, t_unet, raw_sd = train_unet(rm, spec, data, training, bank, labels, b, args.seed, prog)
         stages.save("unet", unet_sd, t_unet)
+        stages.save("unet_raw", raw_sd, t_unet)  # the last weights before the EMA (diagnosis only)
     results, t_eval = evaluate(host, rm, spec, data, clf_mod, clf, stats, unet_sd, vae_sd, b, args.seed, prog)
 
     meta = {
         "seed": args.seed, "budget": name, "threads": args.threads, "unet_threads": args.unet_threads,
         "budget_settings": b,
-        "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT, "versions": _versions(host),
+        "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT, "min_snr_gamma": MIN_SNR_GAMMA,
+        "token_lr_mult": TOKEN_LR_MULT, "ema_warmup": True, "versions": _versions(host),
         "data_spec": data.DEFAULT_SPEC.as_dict(), "class_names": list(data.CLASS_NAMES),
         "unet_config": spec.unet_config(), "tokens": spec.TOKENS, "context_dim": spec.CONTEXT_DIM,
         "vae_config": __import__("fewstep.reference.autoencoder", fromlist=["x"]).vae_config(),
