@@ -334,8 +334,8 @@ def _history_since(comfy_server, before):
 def test_every_workflow_in_the_editor_fits_runs_and_shows_its_picture(page, comfy_server):
     """Each example as a new user meets it, in a 1600x900 window at the saved 100% zoom: every node
     type known, every widget value kept, every node box inside the window, a Note; the runnable ones
-    (all but the patch examples, which need an SD1.5 checkpoint) run from the Run button and show their
-    picture on Save Image and their error on FewStep Error vs Exact. Screenshots in
+    (all but those that load an SD1.5 checkpoint) run from the Run button and show their picture on Save
+    Image and their number on FewStep Error vs Exact or FewStep Quality. Screenshots in
     artifacts/workflows/."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
@@ -395,9 +395,16 @@ def test_every_workflow_in_the_editor_fits_runs_and_shows_its_picture(page, comf
             saves = [g for g in geom if g["type"] == "SaveImage"]
             if not saves or not all(g["images"] > 0 for g in saves):
                 problems.append(f"{name}: Save Image shows no picture after the run: {saves}")
+            # the number on the node: Error vs Exact on the analytic model, FewStep Quality on the
+            # reference model
             errs = [g for g in geom if g["type"] == "FewStepExactError"]
-            if not errs or not all((g["text"] or [""])[0].startswith("RMS error vs exact") for g in errs):
+            quals = [g for g in geom if g["type"] == "FewStepQuality"]
+            if not errs and not quals:
+                problems.append(f"{name}: no node shows a number (Error vs Exact or FewStep Quality)")
+            if not all((g["text"] or [""])[0].startswith("RMS error vs exact") for g in errs):
                 problems.append(f"{name}: Error vs Exact shows no number: {errs}")
+            if not all((g["text"] or [""])[0].startswith("class accuracy") for g in quals):
+                problems.append(f"{name}: FewStep Quality shows no number: {quals}")
             page.mouse.move(1590, 890)
             page.wait_for_timeout(300)
             page.screenshot(path=str(shots / f"{name}_run.png"))
