@@ -64,6 +64,9 @@ X0, Y0 = 20, 40 + TITLE_H
 #: frontend-only nodes: not in /object_info, never queued
 VIRTUAL_TYPES = ("Note", "MarkdownNote")
 NOTE_W, NOTE_H = 220, 200
+#: how much taller than a one-line widget the editor draws a multiline text box (measured on CLIP Text
+#: Encode in ComfyUI's frontend 1.27: ~118 px with its title, against 88 for one line)
+MULTILINE_EXTRA_H = 50
 #: columns given by hand where graph depth makes too many: {workflow: {API node id: column}}
 COLUMNS = {"patch_all": {"9": 1, "10": 1, "3": 2, "4": 2, "5": 2, "6": 3, "7": 4, "8": 5},
            # the reference-model patch workflows: unpatched branch (3-6) above, patched (2, 7-10) below
@@ -287,7 +290,11 @@ def _depths(prompt):
 def node_size(info, n_sockets_in, n_widgets, type_name, title):
     n_out = len(info.get("output") or [])
     rows = max(n_sockets_in, n_out, 1)
-    h = rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0) + RESULT_HEIGHT.get(type_name, 0)
+    # a multiline text box (CLIP Text Encode's prompt) is taller in the editor than a one-line widget
+    multiline = sum(1 for _, typ, opts, _ in node_inputs(info) if typ == "STRING" and isinstance(opts, dict)
+                    and opts.get("multiline"))
+    h = (rows * SLOT_H + n_widgets * WIDGET_H + PAD_H + PREVIEW_HEIGHT.get(type_name, 0) + RESULT_HEIGHT.get(type_name, 0)
+         + multiline * MULTILINE_EXTRA_H)
     w = max(MIN_W if type_name not in PREVIEW_HEIGHT else 260, int(7.5 * len(title)) + 50)
     return [w, h]
 
