@@ -16,6 +16,7 @@ import comfy.model_management
 import comfy.patcher_extension
 
 from ..core.io import ProfileError
+from ..core.validate import check_choice, check_int
 from ..reference import autoencoder as ae_spec
 from ..reference import classifier as clf_mod
 from ..reference import data, files, quality, spec
@@ -145,12 +146,9 @@ class FewStepReferenceModel:
 
     def load(self, model, label, batch_size):
         where = "FewStep Reference Model"
-        if model not in MODELS:
-            raise ValueError(f"{where}: model must be one of {', '.join(MODELS)}; got {model!r}")
-        if label not in quality.LABEL_CHOICES:
-            raise ValueError(f"{where}: label must be one of {', '.join(quality.LABEL_CHOICES)}; got {label!r}")
-        if not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
-            raise ValueError(f"{where}: batch_size must be an integer in 1..4096; got {batch_size!r}")
+        check_choice(model, MODELS, "model", where)
+        check_choice(label, quality.LABEL_CHOICES, "label", where)
+        batch_size = check_int(batch_size, 1, 4096, "batch_size", where)
         (patcher, tokens), meta = _load(model, where)
         vae, _ = _load("vae", where)
         if label == quality.ALL_CLASSES:
@@ -190,8 +188,7 @@ class FewStepQuality:
 
     def score(self, images, label):
         where = "FewStep Quality"
-        if label not in quality.LABEL_CHOICES:
-            raise ValueError(f"{where}: label must be one of {', '.join(quality.LABEL_CHOICES)}; got {label!r}")
+        check_choice(label, quality.LABEL_CHOICES, "label", where)
         x = quality.check_images(images, where)
         (clf, stats), _ = _load("classifier", where)
         labels = quality.labels_for(label, len(x))
