@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 API_DIR = REPO / "example_workflows" / "api"
 UI_DIR = REPO / "example_workflows"
 API_FILES = sorted(API_DIR.glob("*.json"))
+#: the loaders of downloadable model files and the models/ folder each reads
+MODEL_LOADERS = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffusion_models",
+                 "CLIPLoader": "text_encoders", "VAELoader": "vae"}
 UI_FILES = sorted(UI_DIR.glob("*.json"))
 
 _spec = importlib.util.spec_from_file_location("fewstep_make_workflows", REPO / "tools" / "make_workflows.py")
@@ -58,10 +61,11 @@ def test_ui_workflow_has_a_note_and_fits_the_view(path, object_info):
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
 def test_every_workflow_ends_in_a_saved_image(path):
-    """Something to look at: a SaveImage fed by a node (VAE Decode, FewStep Latent View); analytic
-    workflows also put their error against the exact solution on a node."""
+    """Something to look at: a SaveImage (SaveAnimatedWEBP for a video model) fed by a node (VAE
+    Decode, FewStep Latent View); analytic workflows also put their error against the exact solution
+    on a node."""
     prompt = mw.load_api(path)
-    saves = [n for n in prompt.values() if n["class_type"] == "SaveImage"]
+    saves = [n for n in prompt.values() if n["class_type"] in ("SaveImage", "SaveAnimatedWEBP")]
     assert saves and all(mw._is_link(n["inputs"].get("images")) for n in saves), path.name
     feeders = {prompt[n["inputs"]["images"][0]]["class_type"] for n in saves}
     assert feeders <= {"VAEDecode", "FewStepLatentView"}, feeders
@@ -80,17 +84,18 @@ def test_every_workflow_ends_in_a_saved_image(path):
 
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
 def test_model_files_carry_their_download(path):
-    """A workflow that loads a checkpoint carries the ``models`` metadata (name, url, directory) that
-    makes the editor offer the download, and its Note names the file."""
+    """A workflow that loads a model file (checkpoint, diffusion model, text encoder, VAE) carries the
+    ``models`` metadata (name, url, directory) that makes the editor offer the download, and its Note
+    names the file."""
     ui = json.loads(path.read_text())
-    loaders = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    loaders = [n for n in ui["nodes"] if n["type"] in MODEL_LOADERS]
     if not loaders:
         assert "models" not in ui
         return
     for n in loaders:
         name = n["widgets_values"][0]
         entry = [m for m in ui["models"] if m["name"] == name]
-        assert entry and entry[0]["directory"] == "checkpoints", ui.get("models")
+        assert entry and entry[0]["directory"] == MODEL_LOADERS[n["type"]], ui.get("models")
         assert entry[0]["url"].startswith("https://huggingface.co/") and entry[0]["url"].endswith("/" + name)
         assert n["properties"]["models"] == entry
         assert name in next(x for x in ui["nodes"] if x["type"] == "Note")["widgets_values"][0]
@@ -138,7 +143,8 @@ def test_ui_workflow_lines_up_with_server_definitions(path, object_info):
 
 #: the patch workflows load an SD1.5 checkpoint by name: tests/test_host_patches_server.py runs each of
 #: them on a generated checkpoint in SD1.5 layout (and checks that it covers them all)
-MODEL_FREE_API_FILES = [p for p in API_FILES if "CheckpointLoaderSimple" not in p.read_text()]
+MODEL_FREE_API_FILES = [p for p in API_FILES
+                        if not any(n["class_type"] in MODEL_LOADERS for n in mw.load_api(p).values())]
 #: real-model starters: validated by the server with placeholder model files (not run)
 STARTER_FILES = [p for p in API_FILES if p.stem.startswith("starter_")]
 
@@ -237,7 +243,7 @@ def test_fewstep_names_are_short_and_every_output_explained(comfy):
 
 
 def test_real_model_starters_exist():
-    assert {p.stem for p in STARTER_FILES} >= {"starter_sdxl", "starter_flux"}
+    assert {p.stem for p in STARTER_FILES} >= {"starter_sdxl", "starter_flux", "starter_sd35", "starter_wan"}
 
 
 @pytest.mark.server

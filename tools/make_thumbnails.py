@@ -157,11 +157,12 @@ def main(argv=None) -> int:
         for name in names:
             ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
             prompt = mw.load_api(API_DIR / f"{name}.json")
-            needs_model = any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
+            models = ui.get("models") or []  # the downloads the workflow needs (make_workflows.MODELS)
             picture, caption = None, ""
-            if needs_model:
-                ck = next(n for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple")
-                caption = f"needs {ck['inputs']['ckpt_name']}\nin models/checkpoints (see the Note)"
+            if models:
+                first = models[0]
+                more = f" (+{len(models) - 1} more)" if len(models) > 1 else ""
+                caption = f"needs {first['name']}{more}\nin models/{first['directory']} (see the Note)"
             else:
                 if server is None:
                     path = comfy_host.find_comfyui()

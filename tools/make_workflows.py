@@ -1022,7 +1022,17 @@ SDXL = {"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}
 FLUX_SCHNELL = {"name": "flux1-schnell-fp8.safetensors", "directory": "checkpoints",
                 "url": "https://huggingface.co/Comfy-Org/flux1-schnell/resolve/main/flux1-schnell-fp8.safetensors"}
-MODELS = {"patch_all": [SD15], "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL]}
+SD35_MEDIUM = {"name": "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors", "directory": "checkpoints",
+               "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/"
+                      "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"}
+_WAN = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+WAN21 = [{"name": "wan2.1_t2v_1.3B_fp16.safetensors", "directory": "diffusion_models",
+          "url": _WAN + "diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors"},
+         {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
+          "url": _WAN + "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"},
+         {"name": "wan_2.1_vae.safetensors", "directory": "vae", "url": _WAN + "vae/wan_2.1_vae.safetensors"}]
+MODELS = {"patch_all": [SD15], "starter_sdxl": [SDXL], "starter_flux": [FLUX_SCHNELL], "starter_sd35": [SD35_MEDIUM],
+          "starter_wan": WAN21}
 
 
 def load_models(api_path: Path):
