@@ -5,6 +5,7 @@
     python bench/reference.py freeu    [--seeds N] [--cfg C ...] [--steps S] [--quick] [--no-write]
     python bench/reference.py fitted   [--seeds N] [--cfg C] [--quick] [--no-write]
     python bench/reference.py samples  [--cfg C] [--steps S] [--no-write]   (the pictures in docs/img)
+    python bench/reference.py gate     [--seeds N] [--cfg C ...] [--steps S]   (issue 16's check, per cfg and seed)
     (every subcommand: --weights DIR to use other weight files than reference/weights)
 
 The model is the shipped one (reference/weights, loaded through the FewStep Reference Model node's
@@ -459,7 +460,28 @@ def cmd_samples(ref, args, log=print):
 
 
 # ------------------------------------------------------------------------------------------------
-COMMANDS = {"samples": cmd_samples, "solvers": cmd_solvers, "patches": cmd_patches, "freeu": cmd_freeu, "fitted": cmd_fitted}
+def cmd_gate(ref, args, log=print):
+    """Issue 16's gate as a user runs it: FewStep Reference Model (all classes, batch 64) -> ComfyUI's
+    KSampler (S steps, dpmpp_2m, karras) -> VAE Decode -> FewStep Quality, per cfg and noise seed."""
+    import nodes as comfy_nodes
+    cfgs = args.cfg or [3.0, 5.0, 7.0]
+    rows = ["| cfg | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |", "|---" * (args.seeds + 2) + "|"]
+    for cfg in cfgs:
+        accs = []
+        for seed in range(args.seeds):
+            model, pos, neg, vae, latent = ref.node.FewStepReferenceModel().load(
+                "unet_eps", ref.quality.ALL_CLASSES, 64)["result"]
+            (s,) = comfy_nodes.KSampler().sample(model, seed, args.steps, cfg, "dpmpp_2m", "karras", pos, neg, latent)
+            (img,) = comfy_nodes.VAEDecode().decode(vae, s)
+            report, acc, fd = ref.node.FewStepQuality().score(img, ref.quality.ALL_CLASSES)["result"]
+            log(f"cfg {cfg:g} seed {seed}: {report}")
+            accs.append(acc)
+        rows.append(f"| {cfg:g} | " + " | ".join(f"{100 * a:.1f}%" for a in accs) + f" | {100 * sum(accs) / len(accs):.1f}% |")
+    return ("\n".join(rows) + f"\n\nClass accuracy of 64 images (labels i % 10), {args.steps} steps dpmpp_2m + karras, "
+            "KSampler seed per column; the issue's gate is 90%.")
+
+
+COMMANDS = {"gate": cmd_gate, "samples": cmd_samples, "solvers": cmd_solvers, "patches": cmd_patches, "freeu": cmd_freeu, "fitted": cmd_fitted}
 
 
 def main(argv=None):
@@ -479,7 +501,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help=f"print only; do not update docs/{PAGE}")
     args = ap.parse_args(argv)
     if args.seeds is None:
-        args.seeds = {"solvers": 32, "patches": 32, "freeu": 200, "fitted": 32, "samples": 80}[args.command]
+        args.seeds = {"gate": 2, "solvers": 32, "patches": 32, "freeu": 200, "fitted": 32, "samples": 80}[args.command]
     if args.seeds < 2 or args.steps < 2:
         ap.error("--seeds and --steps must be >= 2")
     if args.quick:  # the smoke test: every code path, tiny sizes

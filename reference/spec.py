@@ -34,9 +34,9 @@ FILES = (UNET_FILE, VAE_FILE, CLASSIFIER_FILE)
 #: the sha256 fingerprints (training.fingerprint) of the shipped files, written by the full run of
 #: tools/train_reference.py (seed 0); tests/test_reference_quality.py checks the files against them
 SHIPPED_FINGERPRINTS = {
-    UNET_FILE: "43a71ff26036305f595256942a045077af9e4dabb89497b814044bf022766974",
+    UNET_FILE: "95cc3ada724e8625c72ee093f0b0d252b5bd59b3dad2aa5d4dfd47373ea82349",
     VAE_FILE: "818cbd2c33dc23b4c337e0ad61675dc5b5273ae2c15cecfd056c6cc75a22f28c",
-    CLASSIFIER_FILE: "721a8e4175a8ccd0cd74bff85c880ef4e1d717330e1acf1b5d474385955e495a",
+    CLASSIFIER_FILE: "686ab6a3ceadcf2bb3095486b096d19b5270c90af450114761be18f0388e04c7",
 }
 
 FORMAT = {UNET_FILE: "fewstep-reference-unet/1", VAE_FILE: "fewstep-reference-vae/1",

@@ -2,10 +2,11 @@
 (20 steps dpmpp_2m + karras), VAE Decode and FewStep Quality, in-process and headless through the HTTP
 API, and clear errors on bad input.
 
-Issue 16 asks for a class accuracy >= 90% on 64 samples. The shipped model (2026-12-02) reaches ~30%
-(docs/reference-model.md): the test asserts what holds -- the images are read as their label at least
-twice as often as chance, and far more often than the same model's unconditional samples -- so a
-regression shows, and the 90% gate stays open in the issue."""
+Issue 16 asks for a class accuracy >= 90% on 64 samples. The shipped model (second version,
+2026-12-02) reaches 53-61% at cfg 5 (two noise seeds; docs/reference-model.md): the test asserts what
+holds -- the images are read as their label at least four times as often as chance, and more often
+than the same model's unconditional samples -- so a regression shows, and the 90% gate stays open in
+the issue."""
 import shutil
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 pytestmark = pytest.mark.host
 
 CFG = 5.0          # the cfg docs/reference-model.md recommends for this model
-MIN_ACCURACY = 0.2  # chance is 0.1; the issue's gate is 0.9 (not met, see the module doc)
+MIN_ACCURACY = 0.4  # chance is 0.1; measured 0.53-0.61; the issue's gate is 0.9 (not met, see the module doc)
 SAMPLES = 64
 
 
