@@ -40,6 +40,12 @@ def _mw():
     return mw
 
 
+def _plain(text: str) -> str:
+    """``text`` with accents dropped (Fréchet -> Frechet): Pillow's built-in font has no glyph for them."""
+    import unicodedata
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def _font(size):
     from PIL import ImageFont
     try:
@@ -98,7 +104,7 @@ def render(name, ui, mw, picture=None, caption=""):
     d.text((tx, GRAPH_H + 12), title_of(name), fill=TEXT, font=_font(20))
     y = GRAPH_H + 42
     for line in caption.splitlines():
-        d.text((tx, y), line, fill=DIM, font=_font(13))
+        d.text((tx, y), _plain(line), fill=DIM, font=_font(13))
         y += 18
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=88)
@@ -116,12 +122,17 @@ def _wrap(text, width):
     return lines + ([cur] if cur else [])
 
 
+#: the nodes whose text is the workflow's number (shown under the picture)
+NUMBER_NODES = ("FewStepExactError", "FewStepQuality")
+
+
 def run_one(server, prompt):
-    """(PIL image the workflow saved, text its Error vs Exact node showed) from a headless run."""
+    """(PIL image the workflow saved, text its number node -- Error vs Exact, FewStep Quality -- showed,
+    else the last text any node showed) from a headless run."""
     from PIL import Image
     entry = server.run(prompt, timeout=1200)
-    picture, text = None, ""
-    for nid, out in entry["outputs"].items():
+    picture, text, number = None, "", ""
+    for nid, out in sorted(entry["outputs"].items()):
         for item in out.get("images", []):
             status, raw = server.request("GET", "/view?" + urllib.parse.urlencode(item))
             if status == 200 and picture is None:
@@ -129,6 +140,9 @@ def run_one(server, prompt):
                 picture.load()
         if out.get("text"):
             text = out["text"][0]
+            if prompt.get(nid, {}).get("class_type") in NUMBER_NODES and not number:
+                number = text
+    text = number or text
     if picture is None:
         raise RuntimeError("the workflow saved no image")
     return picture, text
