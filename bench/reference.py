@@ -464,9 +464,8 @@ def cmd_gate(ref, args, log=print):
     """Issue 16's gate as a user runs it: FewStep Reference Model (all classes, batch 64) -> ComfyUI's
     KSampler (S steps, dpmpp_2m, karras) -> VAE Decode -> FewStep Quality, per cfg and noise seed."""
     import nodes as comfy_nodes
-    cfgs = args.cfg or [3.0, 5.0, 7.0]
     rows = ["| cfg | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |", "|---" * (args.seeds + 2) + "|"]
-    for cfg in cfgs:
+    for cfg in args.cfg:
         accs = []
         for seed in range(args.seeds):
             model, pos, neg, vae, latent = ref.node.FewStepReferenceModel().load(

@@ -166,3 +166,28 @@ def test_the_initialised_unet_learns(comfy, rm):
         losses.append(float(loss))
         opt.step()
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_the_training_attention_is_comfyuis_attention(comfy):
+    """tools/train_reference.py trains through a written-out softmax attention (faster here); it must
+    be the function ComfyUI's own attention computes, forward and backward, for the UNet's self-
+    attention (64 tokens) and its cross-attention to the class tokens (4), 8 heads."""
+    import importlib.util
+
+    import comfy.ldm.modules.attention as attention
+    spec_ = importlib.util.spec_from_file_location("fewstep_train_reference", REPO / "tools" / "train_reference.py")
+    tr = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(tr)
+    g = torch.Generator().manual_seed(5)
+    for lk in (64, 4):
+        q = torch.randn(3, 64, 32, generator=g, dtype=torch.float64, requires_grad=True)
+        k = torch.randn(3, lk, 32, generator=g, dtype=torch.float64, requires_grad=True)
+        v = torch.randn(3, lk, 32, generator=g, dtype=torch.float64, requires_grad=True)
+        got = tr._math_attention(attention.attention_basic, q, k, v, 8)
+        want = attention.attention_basic(q, k, v, 8)
+        torch.testing.assert_close(got, want)
+        gw = torch.randn(want.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((got * gw).sum(), (q, k, v))
+        ref = torch.autograd.grad((want * gw).sum(), (q, k, v))
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b)

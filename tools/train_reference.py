@@ -369,9 +369,8 @@ def train_unet(rm, spec, data, training, bank, labels, b, seed, prog):
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         pred = unet(xt, timesteps=t.float(), context=tokens[lab], transformer_options=TRAIN_ATTENTION)
-        # min-SNR-gamma weighting (Hang et al. 2023) of the eps loss: min(SNR, gamma) / SNR, so the
-        # low-noise steps (large loss, little to learn about the class) do not drown the high-noise
-        # ones where the class decides the image
+        # SD's plain eps MSE; with MIN_SNR_GAMMA set, min-SNR-gamma weighting (Hang et al. 2023),
+        # min(SNR, gamma) / SNR, which starved the low-noise steps of this model (see the docstring)
         per = (pred - eps).pow(2).mean(dim=(1, 2, 3))
         if MIN_SNR_GAMMA is None:
             loss = per.mean()
