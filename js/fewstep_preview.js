@@ -245,21 +245,14 @@ function wrapText(ctx, text, x, y, maxW, lineH) {
 // FewStepAYSOptimize has no schedule before it runs: it draws the one it computed, which the node
 // sends with its output ("ui": {"fewstep_sigmas": [...]}), and says so until then.
 function setupOptimizeNode(nodeType) {
-  const computeSize = nodeType.prototype.computeSize;
-  nodeType.prototype.computeSize = function (out) {
-    const size = computeSize.apply(this, arguments);
-    size[1] += PREVIEW_H;
-    size[0] = Math.max(size[0], 260);
-    return size;
-  };
+  addPreview(nodeType, false);
   const onNodeCreated = nodeType.prototype.onNodeCreated;
   nodeType.prototype.onNodeCreated = function () {
     const r = onNodeCreated?.apply(this, arguments);
     const st = state(this);
     st.note = "optimised";
     st.hint = "queue the graph: the optimised schedule shows here";
-    const min = this.computeSize();
-    this.setSize([Math.max(this.size[0], min[0]), Math.max(this.size[1], min[1])]);
+    fitToPreview(this);
     return r;
   };
   const onExecuted = nodeType.prototype.onExecuted;
@@ -276,13 +269,31 @@ function setupOptimizeNode(nodeType) {
     }
     return r;
   };
+}
+
+// What both preview kinds share: room for the plot under the widgets, and the plot drawn on the
+// node (``refresh``: first recompute the schedule if the widgets changed).
+function addPreview(nodeType, refresh) {
+  const computeSize = nodeType.prototype.computeSize;
+  nodeType.prototype.computeSize = function (out) {
+    const size = computeSize.apply(this, arguments);
+    size[1] += PREVIEW_H;
+    size[0] = Math.max(size[0], 260);
+    return size;
+  };
   const onDrawForeground = nodeType.prototype.onDrawForeground;
   nodeType.prototype.onDrawForeground = function (ctx) {
     const r = onDrawForeground?.apply(this, arguments);
     if (this.flags?.collapsed) return r;
+    if (refresh) maybeRefresh(this);
     drawPreview(this, ctx);
     return r;
   };
+}
+
+function fitToPreview(node) {
+  const min = node.computeSize();
+  node.setSize([Math.max(node.size[0], min[0]), Math.max(node.size[1], min[1])]);
 }
 
 app.registerExtension({
@@ -290,14 +301,7 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === "FewStepAYSOptimize") return setupOptimizeNode(nodeType);
     if (nodeData.name !== "FewStepAYSScheduler" && nodeData.name !== "FewStepScheduler") return;
-
-    const computeSize = nodeType.prototype.computeSize;
-    nodeType.prototype.computeSize = function (out) {
-      const size = computeSize.apply(this, arguments);
-      size[1] += PREVIEW_H;
-      size[0] = Math.max(size[0], 260);
-      return size;
-    };
+    addPreview(nodeType, true);
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
@@ -313,17 +317,7 @@ app.registerExtension({
           return out;
         };
       }
-      const min = this.computeSize();
-      this.setSize([Math.max(this.size[0], min[0]), Math.max(this.size[1], min[1])]);
-      return r;
-    };
-
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const r = onDrawForeground?.apply(this, arguments);
-      if (this.flags?.collapsed) return r;
-      maybeRefresh(this);
-      drawPreview(this, ctx);
+      fitToPreview(this);
       return r;
     };
   },

@@ -16,6 +16,7 @@ import comfy.supported_models_base
 
 from ..core import families
 from ..core.analytic import LATENT_CHANNELS, GaussianMixture
+from .common import outputs
 
 
 class _AnalyticConfig(comfy.supported_models_base.BASE):
@@ -74,12 +75,11 @@ class FewStepAnalyticModel:
                    "denoiser is known in closed form, so the true ODE solution is known. Use it to compare "
                    "samplers and schedules, or to run FewStep workflows with nothing downloaded.")
     CATEGORY = "sampling/fewstep"
-    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "LATENT")
-    RETURN_NAMES = ("model", "positive", "negative", "latent")
-    OUTPUT_TOOLTIPS = ("The analytic model (eps: SD1.5 sigmas; flow: SD3-style with the shift).",
-                       "Conditional mixture weights: use as positive.",
-                       "Unconditional (uniform) mixture weights: use as negative.",
-                       "An empty 4-channel latent of the chosen size.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("MODEL", "model", "The analytic model (eps: SD1.5 sigmas; flow: SD3-style with the shift)."),
+        ("CONDITIONING", "positive", "Conditional mixture weights: use as positive."),
+        ("CONDITIONING", "negative", "Unconditional (uniform) mixture weights: use as negative."),
+        ("LATENT", "latent", "An empty 4-channel latent of the chosen size."))
     FUNCTION = "build"
 
     @classmethod

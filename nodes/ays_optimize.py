@@ -24,7 +24,7 @@ from ..schedules import ays_optimize as core
 from . import ays_align
 from ..core.validate import check_int
 from ..comfy_adapter import family_of_k_model, is_discrete as _is_discrete_sampling, model_sampling_of, model_sigmas_of
-from .common import StageText, model_fingerprint, sigmas_out
+from .common import StageText, model_fingerprint, outputs, sigmas_out
 from ..schedules.ays_file import AYS_FORMAT
 from .schedulers import AYS_FOLDER, register_folder
 
@@ -123,12 +123,11 @@ class FewStepAYSOptimize:
                    "refines it on that sampling error itself with your solver. Outputs SIGMAS for `steps` and saves "
                    "the schedule for FewStep Align Your Steps' saved_schedule dropdown.")
     CATEGORY = "sampling/fewstep/schedulers"
-    RETURN_TYPES = ("SIGMAS", "STRING")
-    RETURN_NAMES = ("sigmas", "report")
-    OUTPUT_TOOLTIPS = ("The optimised schedule: steps+1 sigmas from the model's sigma_max, ending in 0. It is "
-                       "aligned to the align_to sampler: sample with that one.",
-                       "What was done: every fixed start's held-out error, which start won, how much the schedule "
-                       "improved on it, and the final guard's check with other samplers.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("SIGMAS", "sigmas", "The optimised schedule: steps+1 sigmas from the model's sigma_max, ending in 0. It "
+                             "is aligned to the align_to sampler: sample with that one."),
+        ("STRING", "report", "What was done: every fixed start's held-out error, which start won, how much the "
+                             "schedule improved on it, and the final guard's check with other samplers."))
     FUNCTION = "optimize"
 
     @classmethod

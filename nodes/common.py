@@ -1,7 +1,98 @@
 """Small helpers shared by the node modules (ComfyUI's internals: ../comfy_adapter.py)."""
+import os
+from dataclasses import dataclass
+
+import folder_paths
 import torch
 
 from ..comfy_adapter import family_of_model_sampling, model_sampling_of, prompt_server
+from ..core.validate import check_bool, check_choice, check_float, check_int
+
+
+def outputs(*spec):
+    """RETURN_TYPES, RETURN_NAMES and OUTPUT_TOOLTIPS from one (type, name, tooltip) row per output, so the
+    three cannot drift apart."""
+    types, names, tips = zip(*spec)
+    return tuple(types), tuple(names), tuple(tips)
+
+
+@dataclass(frozen=True)
+class Widget:
+    """One widget, declared once: its INPUT_TYPES entry and its check come from the same range, so the
+    editor's limits and the error a bad API value gets cannot drift apart. Build with Int / Float /
+    Choice / Bool."""
+    kind: str                   # "INT", "FLOAT", "BOOLEAN" or "CHOICE"
+    default: object
+    tooltip: str
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+
+    def input(self) -> tuple:
+        """The widget's INPUT_TYPES entry."""
+        if self.kind == "CHOICE":
+            return (list(self.choices), {"default": self.default, "tooltip": self.tooltip})
+        opts = {"default": self.default}
+        if self.kind != "BOOLEAN":
+            opts.update(min=self.lo, max=self.hi)
+        if self.kind == "FLOAT":
+            opts.update(step=self.step, round=False)
+        opts["tooltip"] = self.tooltip
+        return (self.kind, opts)
+
+    def check(self, value, name: str, node: str):
+        """The value, checked against the declared range: a clear error naming the node and the widget."""
+        if self.kind == "INT":
+            return check_int(value, self.lo, self.hi, name, node)
+        if self.kind == "FLOAT":
+            return check_float(value, self.lo, self.hi, name, node)
+        if self.kind == "BOOLEAN":
+            return check_bool(value, name, node)
+        return check_choice(value, self.choices, name, node)
+
+
+def Int(default: int, lo: int, hi: int, tooltip: str) -> Widget:  # noqa: N802 (a widget type)
+    return Widget("INT", default, tooltip, lo, hi)
+
+
+def Float(default: float, lo: float, hi: float, tooltip: str, step: float = 0.01) -> Widget:  # noqa: N802
+    return Widget("FLOAT", default, tooltip, lo, hi, step)
+
+
+def Choice(choices, default, tooltip: str) -> Widget:  # noqa: N802
+    return Widget("CHOICE", default, tooltip, choices=tuple(choices))
+
+
+def Bool(default: bool, tooltip: str) -> Widget:  # noqa: N802
+    return Widget("BOOLEAN", default, tooltip)
+
+
+def checked_widgets(widgets: dict, args: tuple, kwargs: dict, node: str) -> dict:
+    """The node function's arguments (positional in widget order, or by name) as a dict, every one
+    checked against its declaration."""
+    if len(args) > len(widgets):
+        raise TypeError(f"{node} takes {len(widgets)} widget values, got {len(args)}")
+    values = dict(zip(widgets, args))
+    for name, value in kwargs.items():
+        if name not in widgets:
+            raise TypeError(f"{node} has no widget {name!r}; its widgets are {list(widgets)}")
+        if name in values:
+            raise TypeError(f"{node}: widget {name!r} given twice")
+        values[name] = value
+    missing = [name for name in widgets if name not in values]
+    if missing:
+        raise TypeError(f"{node}: missing widget values {missing}")
+    return {name: w.check(values[name], name, node) for name, w in widgets.items()}
+
+
+def file_stamp(folder: str, name: str) -> str:
+    """IS_CHANGED for a node that reads models/<folder>/<name>: changes when the file is rewritten."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        return "missing"
+    st = os.stat(path)
+    return f"{st.st_mtime_ns}:{st.st_size}"
 
 
 def sigmas_out(sigmas) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ..core.model_sigmas import within_range
 from ..core.validate import check_int
 from ..comfy_adapter import (register_models_folder, family_of_k_model, guider_of_k_model, model_sampling_of_k_model,
                              patcher_of_k_model, model_sigmas_of, model_sigmas_of_sampling)
-from .common import StageText, model_fingerprint, send_node_text, sigmas_out
+from .common import StageText, file_stamp, model_fingerprint, outputs, send_node_text, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -114,10 +114,9 @@ class FewStepOLSSTrain:
                    "included), fits per-step linear coefficients by least squares and picks the step subset by "
                    "path planning. Saves the profile to models/fewstep_olss/<name>.safetensors.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("OLSS_PROFILE", "STRING")
-    RETURN_NAMES = ("profile", "report")
-    OUTPUT_TOOLTIPS = ("The trained OLSS profile: connect to FewStep OLSS Sampler.",
-                       "The selected sigmas and the fit error of every step.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("OLSS_PROFILE", "profile", "The trained OLSS profile: connect to FewStep OLSS Sampler."),
+        ("STRING", "report", "The selected sigmas and the fit error of every step."))
     FUNCTION = "train"
 
     @classmethod
@@ -366,10 +365,9 @@ class FewStepOLSSSampler:
                    "SamplerCustom / SamplerCustomAdvanced). The profile comes from the dropdown of saved profiles "
                    "(models/fewstep_olss) or from a linked FewStep OLSS Train node.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER", "SIGMAS")
-    RETURN_NAMES = ("sampler", "sigmas")
-    OUTPUT_TOOLTIPS = ("The OLSS solver with this profile's coefficients.",
-                       "The learned step subset; the sampler only accepts these sigmas.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("SAMPLER", "sampler", "The OLSS solver with this profile's coefficients."),
+        ("SIGMAS", "sigmas", "The learned step subset; the sampler only accepts these sigmas."))
     FUNCTION = "build"
 
     @classmethod
@@ -387,13 +385,7 @@ class FewStepOLSSSampler:
 
     @classmethod
     def IS_CHANGED(cls, profile_name=LINKED, denoise=1.0, profile=None, **_):
-        if profile_name == LINKED:
-            return ""
-        path = folder_paths.get_full_path(FOLDER, profile_name)
-        if path is None:
-            return "missing"
-        st = os.stat(path)
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        return "" if profile_name == LINKED else file_stamp(FOLDER, profile_name)
 
     def build(self, profile_name, denoise, profile=None):
         if profile is None:

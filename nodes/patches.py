@@ -2,16 +2,21 @@
 from ..patches.deepcache import MODES, apply_deepcache
 from ..patches.freeu import PRESETS, apply_freeu
 from ..patches.tgate import apply_tgate
+from .common import outputs
 
 CATEGORY = "sampling/fewstep/patches"
 
 
 class _PatchNode:
-    """What every patch node shares: MODEL in, a patched copy out."""
+    """What every patch node shares: MODEL in, a patched copy out. A subclass names its PATCH."""
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     FUNCTION = "patch"
+    PATCH = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.RETURN_TYPES, cls.RETURN_NAMES, cls.OUTPUT_TOOLTIPS = outputs(
+            ("MODEL", "model", f"A copy of the model with {cls.PATCH}; the input model is unchanged."))
 
 
 class FewStepDeepCache(_PatchNode):
@@ -20,7 +25,7 @@ class FewStepDeepCache(_PatchNode):
                    "UNet passes for cache_interval N. UNets (SD1.x, SD2.x, SDXL, SVD) and DiTs (Flux, SD3/SD3.5, "
                    "Wan 2.x, Qwen-Image): on a DiT the first and last blocks run every step and the middle blocks' "
                    "residual is reused on cached steps. PixArt is refused (it has no block hook).")
-    OUTPUT_TOOLTIPS = ("A copy of the model with DeepCache; the input model is unchanged.",)
+    PATCH = "DeepCache"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -69,7 +74,7 @@ class FewStepTGate(_PatchNode):
                    "changes. UNets; on DiTs the uncond drop applies everywhere (Flux, SD3/SD3.5, Wan 2.x, PixArt, "
                    "Qwen-Image) and cross-attention caching where the model has a hookable text cross-attention "
                    "(Wan 2.x); joint-attention models (Flux, SD3, Qwen-Image) have none to cache.")
-    OUTPUT_TOOLTIPS = ("A copy of the model with T-GATE; the input model is unchanged.",)
+    PATCH = "T-GATE"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -93,7 +98,7 @@ class FewStepFreeU(_PatchNode):
     DESCRIPTION = ("FreeU: re-weights the UNet decoder's backbone features (b) and damps the low frequencies "
                    "of its skip features (s) in the first two decoder stages. Version 2 scales the backbone "
                    "by a structure-aware map. Presets are the FreeU authors' recommended values.")
-    OUTPUT_TOOLTIPS = ("A copy of the model with FreeU; the input model is unchanged.",)
+    PATCH = "FreeU"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -21,6 +21,7 @@ from ..reference import autoencoder as ae_spec
 from ..reference import classifier as clf_mod
 from ..reference import data, files, quality, spec
 from . import _reference_models as rm
+from .common import outputs
 
 MODELS = ("unet_eps",)
 MODEL_FILES = {"unet_eps": spec.UNET_FILE}
@@ -123,14 +124,14 @@ class FewStepReferenceModel:
         "network. positive draws the label, negative is the learned unconditional prompt (CFG). Score the "
         "decoded images with FewStep Quality.")
     CATEGORY = "sampling/fewstep/reference"
-    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "VAE", "LATENT")
-    RETURN_NAMES = ("model", "positive", "negative", "vae", "latent")
-    OUTPUT_TOOLTIPS = (
-        "The diffusion model (eps, SD1.5 layout); connect it to KSampler or a FewStep patch.",
-        "Conditioning that draws the label (for 'all classes': one class per image, cycling over the batch).",
-        "The unconditional conditioning (the learned null prompt), the negative for CFG.",
-        "The model's VAE: VAE Decode turns the sampled latent into 32x32 images; VAE Encode takes 32x32 images.",
-        "An empty 4x8x8 latent batch of batch_size (the size the model was trained on).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("MODEL", "model", "The diffusion model (eps, SD1.5 layout); connect it to KSampler or a FewStep patch."),
+        ("CONDITIONING", "positive",
+         "Conditioning that draws the label (for 'all classes': one class per image, cycling over the batch)."),
+        ("CONDITIONING", "negative", "The unconditional conditioning (the learned null prompt), the negative for CFG."),
+        ("VAE", "vae",
+         "The model's VAE: VAE Decode turns the sampled latent into 32x32 images; VAE Encode takes 32x32 images."),
+        ("LATENT", "latent", "An empty 4x8x8 latent batch of batch_size (the size the model was trained on)."))
     OUTPUT_NODE = True
     FUNCTION = "load"
 
@@ -170,11 +171,11 @@ class FewStepQuality:
         "The Fréchet distance falls as the sample count grows even for perfect images, so the node also "
         "shows what the same number of data images scores; compare runs at the same batch size.")
     CATEGORY = "sampling/fewstep/reference"
-    RETURN_TYPES = ("STRING", "FLOAT", "FLOAT")
-    RETURN_NAMES = ("report", "accuracy", "frechet")
-    OUTPUT_TOOLTIPS = ("One line: accuracy, Fréchet distance, the data's Fréchet distance at this N, the weakest class.",
-                       "Class accuracy, 0..1.",
-                       "Fréchet distance to the data's features (lower is better; NaN below 2 images).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "report",
+         "One line: accuracy, Fréchet distance, the data's Fréchet distance at this N, the weakest class."),
+        ("FLOAT", "accuracy", "Class accuracy, 0..1."),
+        ("FLOAT", "frechet", "Fréchet distance to the data's features (lower is better; NaN below 2 images)."))
     OUTPUT_NODE = True
     FUNCTION = "score"
 

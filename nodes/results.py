@@ -7,6 +7,7 @@ import torch
 from ..core import results
 from .analytic import AnalyticBaseModel
 from ..comfy_adapter import model_sampling_of
+from .common import outputs
 
 REFERENCE_STEPS = 500  # RK4 steps of the exact solve: ~1e-7 from a 2000-step solve on the examples
 
@@ -18,10 +19,9 @@ class FewStepLatentView:
                    "A visualisation for latents no VAE decodes (the analytic model's), not a decode: "
                    "the same latent always gives the same picture, so runs compare by eye.")
     CATEGORY = "sampling/fewstep/results"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The latent as an RGB picture (batch x height*scale x width*scale x 3); "
-                       "connect it to Save Image or Preview Image.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IMAGE", "image", "The latent as an RGB picture (batch x height*scale x width*scale x 3); "
+                           "connect it to Save Image or Preview Image."))
     FUNCTION = "view"
 
     @classmethod
@@ -53,10 +53,9 @@ class FewStepExactError:
                    "to 0 as steps grow; stochastic ones (SDE, TCD, ancestral) do not aim at this "
                    "solution, so there the number is a distance, not an error.")
     CATEGORY = "sampling/fewstep/results"
-    RETURN_TYPES = ("STRING", "FLOAT")
-    RETURN_NAMES = ("report", "rms_error")
-    OUTPUT_TOOLTIPS = ("One line: the RMS error, the relative error and the sigma range solved.",
-                       "The RMS error itself (mean over every latent value).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "report", "One line: the RMS error, the relative error and the sigma range solved."),
+        ("FLOAT", "rms_error", "The RMS error itself (mean over every latent value)."))
     OUTPUT_NODE = True
     FUNCTION = "measure"
 

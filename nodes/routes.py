@@ -96,30 +96,18 @@ def _one(query, name):
     return v
 
 
-def _int(query, name, lo, hi, default=None):
-    raw = _one(query, name)
-    if raw is None or raw == "":
-        if default is None:
-            raise QueryError(f"{name} is required: a whole number in [{lo}, {hi}]")
-        return default
-    if not _INT_RE.fullmatch(raw):  # int() also takes other scripts' digits and '1_0'
-        raise QueryError(f"{name} must be a whole number in [{lo}, {hi}] (ASCII digits), got {raw!r}")
-    v = int(raw, 10)
-    if not lo <= v <= hi:
-        raise QueryError(f"{name} must be in [{lo}, {hi}], got {v}")
-    return v
-
-
-def _float(query, name, lo, hi, default=None, lo_open=False):
-    raw = _one(query, name)
+def _number(query, name, lo, hi, default=None, whole=False, lo_open=False):
+    """A query value: a whole number (``whole``) or a number, in [lo, hi] ((lo, hi] with ``lo_open``)."""
+    what = "a whole number" if whole else "a number"
     rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    raw = _one(query, name)
     if raw is None or raw == "":
         if default is None:
-            raise QueryError(f"{name} is required: a number in {rng}")
+            raise QueryError(f"{name} is required: {what} in {rng}")
         return default
-    if not _FLOAT_RE.fullmatch(raw):  # float() also takes other scripts' digits and '1_0'
-        raise QueryError(f"{name} must be a number in {rng} (ASCII digits), got {raw!r}")
-    v = float(raw)
+    if not (_INT_RE if whole else _FLOAT_RE).fullmatch(raw):  # int() / float() also take other scripts' digits and '1_0'
+        raise QueryError(f"{name} must be {what} in {rng} (ASCII digits), got {raw!r}")
+    v = int(raw, 10) if whole else float(raw)
     if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
         raise QueryError(f"{name} must be in {rng}, got {raw}")
     return v
@@ -161,15 +149,15 @@ def model_sigmas_for(query):
     if has_range:
         if has_shift:
             raise QueryError("give either shift or sigma_min/sigma_max, not both")
-        smin = _float(query, "sigma_min", 0.0, 1e4, lo_open=True)
-        smax = _float(query, "sigma_max", 0.0, 1e4, lo_open=True)
+        smin = _number(query, "sigma_min", 0.0, 1e4, lo_open=True)
+        smax = _number(query, "sigma_max", 0.0, 1e4, lo_open=True)
         try:
             check_sigma_range(smin, smax, family)
         except ValueError as e:
             raise QueryError(str(e)) from None
         return ModelSigmas.from_range(family, smin, smax)
     if family == families.FLOW:
-        return _flow_grid(_float(query, "shift", 0.01, 100.0, default=1.0))
+        return _flow_grid(_number(query, "shift", 0.01, 100.0, default=1.0))
     if has_shift:
         raise QueryError("shift applies to family=flow only")
     return _eps_grid()
@@ -183,10 +171,10 @@ def sigmas_for_query(query, check_interrupt=None) -> list:
     if unknown:
         raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
     schedule = _choice(query, "schedule", SCHEDULE_NAMES)
-    steps = _int(query, "steps", 1, MAX_STEPS)
-    denoise = _float(query, "denoise", 0.01, 1.0, default=1.0)
+    steps = _number(query, "steps", 1, MAX_STEPS, whole=True)
+    denoise = _number(query, "denoise", 0.01, 1.0, default=1.0)
     rho_raw = _one(query, "rho")
-    rho = None if rho_raw in (None, "") else _float(query, "rho", 0.0, 100.0, lo_open=True)
+    rho = None if rho_raw in (None, "") else _number(query, "rho", 0.0, 100.0, lo_open=True)
     ms = model_sigmas_for(query)
     model_type = _one(query, "model_type")
     saved = _one(query, "saved_schedule")

@@ -1,6 +1,5 @@
 """Schedule nodes (SIGMAS) and FewStep's entries in KSampler's scheduler list."""
 import logging
-import os
 
 import folder_paths
 
@@ -8,7 +7,7 @@ from ..core.io import ProfileError
 from ..schedules import AYS_MODEL_TYPES, SCHEDULE_NAMES, ays_sigmas, get_schedule
 from ..schedules.ays_file import load_ays_schedule
 from ..comfy_adapter import interrupt_check, register_models_folder, model_sigmas_of, model_sigmas_of_sampling, register_scheduler
-from .common import model_fingerprint, sigmas_out
+from .common import file_stamp, model_fingerprint, outputs, sigmas_out
 
 log = logging.getLogger("FewStep")
 
@@ -55,14 +54,17 @@ def load_saved_ays(name: str, model=None, model_sigmas=None):
     return saved.table, saved.family, saved.meta
 
 
-class FewStepAYSScheduler:
+class _ScheduleNode:
+    """What both schedule nodes share: they output one SIGMAS."""
+    CATEGORY = "sampling/fewstep/schedulers"
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("SIGMAS", "sigmas", "steps+1 sigmas from high to low, ending in 0 at full denoise: connect to a custom sampler."))
+    FUNCTION = "get_sigmas"
+
+
+class FewStepAYSScheduler(_ScheduleNode):
     DESCRIPTION = ("Align Your Steps: NVIDIA's optimised schedules (10-step tables for SD1.5, SDXL, SVD), "
                    "log-linearly interpolated to any step count; or a schedule saved by FewStepAYSOptimize.")
-    CATEGORY = "sampling/fewstep/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    RETURN_NAMES = ("sigmas",)
-    OUTPUT_TOOLTIPS = ("steps+1 sigmas from high to low, ending in 0 at full denoise: connect to a custom sampler.",)
-    FUNCTION = "get_sigmas"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -96,13 +98,7 @@ class FewStepAYSScheduler:
     @classmethod
     def IS_CHANGED(cls, model_type=None, steps=None, denoise=None, model=None, saved_schedule=NONE, **_):
         """A saved schedule re-optimised under the same name must not be served from the cache."""
-        if not saved_schedule or saved_schedule == NONE:
-            return ""
-        path = folder_paths.get_full_path(AYS_FOLDER, saved_schedule)
-        if path is None:
-            return "missing"
-        st = os.stat(path)
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        return "" if not saved_schedule or saved_schedule == NONE else file_stamp(AYS_FOLDER, saved_schedule)
 
     def get_sigmas(self, model_type, steps, denoise, model=None, saved_schedule=NONE, sampler=None):
         ms = model_sigmas_of(model) if model is not None else None
@@ -125,13 +121,8 @@ class FewStepAYSScheduler:
         return (sigmas_out(ays_sigmas(model_type, steps, denoise, ms, check_interrupt=interrupt_check())),)
 
 
-class FewStepScheduler:
+class FewStepScheduler(_ScheduleNode):
     DESCRIPTION = "Model-aware sigma schedules: Karras, logSNR-uniform, time-uniform, time-quadratic, polyexponential, AYS."
-    CATEGORY = "sampling/fewstep/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    RETURN_NAMES = ("sigmas",)
-    OUTPUT_TOOLTIPS = ("steps+1 sigmas from high to low, ending in 0 at full denoise: connect to a custom sampler.",)
-    FUNCTION = "get_sigmas"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -19,11 +19,11 @@ import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 
 from .. import samplers as S
-from ..core.validate import check_bool, check_choice, check_float, check_int
 from ..samplers._common import check_sigmas
 from ..samplers.noise import NOISE_TYPES
 from ..samplers.registry import KSAMPLER_ENTRIES
 from ..comfy_adapter import family_of_k_model, register_sampler
+from .common import Bool, Choice, Float, Int, checked_widgets, outputs
 
 log = logging.getLogger("FewStep")
 
@@ -84,58 +84,53 @@ def _ksampler(fn, node, noise=None, **options):
     return (comfy.samplers.KSAMPLER(fn, options),)
 
 
-_S_NOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "round": False, "tooltip":
-            "Scale of the fresh noise added at each stochastic step (1 = the exact SDE). "
-            "Slightly above 1 can offset the detail lost by few steps."})
+_S_NOISE = Float(1.0, 0.0, 10.0, "Scale of the fresh noise added at each stochastic step (1 = the exact SDE). "
+                                 "Slightly above 1 can offset the detail lost by few steps.")
 
 
 # ------------------------------------------------------------------------------------------------
 class _SolverNode:
-    """What every solver node shares: it outputs one SAMPLER."""
+    """What every solver node shares: its WIDGETS, declared once (the editor's inputs and the checks of
+    every value come from them), and one SAMPLER out, built by ``sampler`` from the checked values."""
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("SAMPLER", "sampler", "This solver as a SAMPLER: connect to SamplerCustom or SamplerCustomAdvanced."))
     FUNCTION = "get_sampler"
+    WIDGETS: dict = {}
+    SOLVER = None   # the pure solver (samplers/); ``sampler`` passes it the checked widget values
+    NOISE = None    # None: deterministic; else the noise kind ("gaussian" / "brownian") it draws
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {name: w.input() for name, w in cls.WIDGETS.items()}}
+
+    def get_sampler(self, *args, **kwargs):
+        node = type(self).__name__
+        return self.sampler(node, **checked_widgets(self.WIDGETS, args, kwargs, node))
+
+    def sampler(self, n, **values):
+        return _ksampler(self.SOLVER, n, noise=self.NOISE, **values)
 
 
 class FewStepDDIM(_SolverNode):
     DESCRIPTION = ("DDIM (Song et al. 2021): the first-order exponential integrator in x0. eta 0 is the "
                    "deterministic ODE step, eta 1 the ancestral, DDPM-like step. The noise comes from the "
                    "sampling seed (RandomNoise / KSampler). Exact for eps and flow models.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
-                    "Stochasticity: 0 = deterministic DDIM (an ODE solver), 1 = ancestral sampling (DDPM-like). "
-                    "In between mixes the two."}),
-            "s_noise": _S_NOISE,
-        }}
-
-    def get_sampler(self, eta, s_noise):
-        n = "FewStepDDIM"
-        eta = check_float(eta, 0.0, 1.0, "eta", n)
-        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
-        return _ksampler(S.sample_ddim, n, noise="gaussian", eta=eta, s_noise=s_noise)
+    SOLVER = staticmethod(S.sample_ddim)
+    NOISE = "gaussian"
+    WIDGETS = {
+        "eta": Float(0.0, 0.0, 1.0, "Stochasticity: 0 = deterministic DDIM (an ODE solver), 1 = ancestral sampling "
+                                    "(DDPM-like). In between mixes the two."),
+        "s_noise": _S_NOISE,
+    }
 
 
 class FewStepDPMSolver(_SolverNode):
     DESCRIPTION = ("DPM-Solver (Lu et al. 2022), noise prediction, singlestep: each step of order k uses k "
                    "model calls (order 1 = DDIM). Best with a logSNR-uniform schedule.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "order": ("INT", {"default": 2, "min": 1, "max": 3, "tooltip":
-                      "Solver order 1-3. A step of order k costs k model calls, so with the same number of "
-                      "model calls, order 3 takes a third of the steps."}),
-        }}
-
-    def get_sampler(self, order):
-        n = "FewStepDPMSolver"
-        order = check_int(order, 1, 3, "order", n)
-        return _ksampler(S.sample_dpm_solver, n, order=order)
+    SOLVER = staticmethod(S.sample_dpm_solver)
+    WIDGETS = {"order": Int(2, 1, 3, "Solver order 1-3. A step of order k costs k model calls, so with the same "
+                                     "number of model calls, order 3 takes a third of the steps.")}
 
 
 DPMPP_MODES = ("2m", "3m", "2s", "sde_2m", "sde_3m")
@@ -145,39 +140,27 @@ class FewStepDPMSolverPP(_SolverNode):
     DESCRIPTION = ("DPM-Solver++ (Lu et al. 2022), data prediction: multistep 2M / 3M (one model call per "
                    "step), singlestep 2S (two calls per step), and the SDE variants 2M / 3M with eta and "
                    "seeded noise. The final step to sigma 0 is first order, as in the paper.")
+    WIDGETS = {
+        "mode": Choice(DPMPP_MODES, "2m", "2m / 3m: deterministic multistep of order 2 / 3. 2s: deterministic "
+                                          "singlestep order 2 (2 model calls per step). sde_2m / sde_3m: the "
+                                          "stochastic multistep solvers (use eta, s_noise and noise_type)."),
+        "eta": Float(1.0, 0.0, 1.0, "SDE modes only: amount of noise; 0 turns the SDE solver into the ODE solver, "
+                                    "1 is the exact SDE. Ignored by 2m / 3m / 2s."),
+        "s_noise": _S_NOISE,
+        "noise_type": Choice(NOISE_TYPES, "brownian",
+                             "SDE modes only: brownian = a Brownian tree seeded with the sampling seed (the same "
+                             "noise as ComfyUI's dpmpp_2m_sde for the same seed; consistent across step counts); "
+                             "gaussian = independent Gaussian noise per step."),
+        "lower_order_final": Bool(True, "Use lower orders for the last steps (more stable with few steps). Multistep "
+                                        "modes (2m, 3m, sde_2m, sde_3m) only."),
+    }
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "mode": (list(DPMPP_MODES), {"default": "2m", "tooltip":
-                     "2m / 3m: deterministic multistep of order 2 / 3. 2s: deterministic singlestep order 2 "
-                     "(2 model calls per step). sde_2m / sde_3m: the stochastic multistep solvers (use eta, "
-                     "s_noise and noise_type)."}),
-            "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
-                    "SDE modes only: amount of noise; 0 turns the SDE solver into the ODE solver, 1 is the "
-                    "exact SDE. Ignored by 2m / 3m / 2s."}),
-            "s_noise": _S_NOISE,
-            "noise_type": (list(NOISE_TYPES), {"default": "brownian", "tooltip":
-                           "SDE modes only: brownian = a Brownian tree seeded with the sampling seed (the same "
-                           "noise as ComfyUI's dpmpp_2m_sde for the same seed; consistent across step counts); "
-                           "gaussian = independent Gaussian noise per step."}),
-            "lower_order_final": ("BOOLEAN", {"default": True, "tooltip":
-                                  "Use lower orders for the last steps (more stable with few steps). Multistep "
-                                  "modes (2m, 3m, sde_2m, sde_3m) only."}),
-        }}
-
-    def get_sampler(self, mode, eta, s_noise, noise_type, lower_order_final):
-        n = "FewStepDPMSolverPP"
-        mode = check_choice(mode, DPMPP_MODES, "mode", n)
-        eta = check_float(eta, 0.0, 1.0, "eta", n)
-        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
-        noise_type = check_choice(noise_type, NOISE_TYPES, "noise_type", n)
-        lof = check_bool(lower_order_final, "lower_order_final", n)
+    def sampler(self, n, mode, eta, s_noise, noise_type, lower_order_final):
         if mode in ("2m", "3m"):
-            return _ksampler(S.sample_dpmpp_multistep, n, order=int(mode[0]), lower_order_final=lof)
+            return _ksampler(S.sample_dpmpp_multistep, n, order=int(mode[0]), lower_order_final=lower_order_final)
         if mode == "2s":
             return _ksampler(S.sample_dpmpp_2s, n)
-        return _sde_sampler(n, int(mode[4]), eta, s_noise, noise_type, lof)
+        return _sde_sampler(n, int(mode[4]), eta, s_noise, noise_type, lower_order_final)
 
 
 def _sde_sampler(node, order, eta, s_noise, noise_type, lof):
@@ -193,47 +176,27 @@ UNIPC_VARIANTS = ("bh1", "bh2")
 class FewStepUniPC(_SolverNode):
     DESCRIPTION = ("UniPC (Zhao et al. 2023): a multistep predictor (UniP) with a corrector (UniC) that reuses "
                    "the next model call, so the corrector raises the order at no extra cost.")
+    WIDGETS = {
+        "variant": Choice(UNIPC_VARIANTS, "bh2",
+                          "The UniPC coefficient B(h): bh1 = h (the paper's choice for unconditional sampling with "
+                          "very few steps), bh2 = e^h - 1 (the paper's choice for guided sampling)."),
+        "order": Int(3, 1, 3, "Order of the predictor, 1-3 (the corrector adds one)."),
+        "corrector": Bool(True, "Apply the UniC corrector after each step (not after the last one). No extra model "
+                                "calls."),
+        "lower_order_final": Bool(True, "Use lower orders for the last steps (more stable with few steps)."),
+    }
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "variant": (list(UNIPC_VARIANTS), {"default": "bh2", "tooltip":
-                        "The UniPC coefficient B(h): bh1 = h (the paper's choice for unconditional sampling with very "
-                        "few steps), bh2 = e^h - 1 (the paper's choice for guided sampling)."}),
-            "order": ("INT", {"default": 3, "min": 1, "max": 3, "tooltip":
-                      "Order of the predictor, 1-3 (the corrector adds one)."}),
-            "corrector": ("BOOLEAN", {"default": True, "tooltip":
-                          "Apply the UniC corrector after each step (not after the last one). No extra model calls."}),
-            "lower_order_final": ("BOOLEAN", {"default": True, "tooltip":
-                                  "Use lower orders for the last steps (more stable with few steps)."}),
-        }}
-
-    def get_sampler(self, variant, order, corrector, lower_order_final):
-        n = "FewStepUniPC"
-        variant = check_choice(variant, UNIPC_VARIANTS, "variant", n)
-        order = check_int(order, 1, 3, "order", n)
-        corrector = check_bool(corrector, "corrector", n)
-        lof = check_bool(lower_order_final, "lower_order_final", n)
+    def sampler(self, n, variant, order, corrector, lower_order_final):
         return _ksampler(S.sample_unipc, n, variant=variant, order=order, use_corrector=corrector,
-                         lower_order_final=lof)
+                         lower_order_final=lower_order_final)
 
 
 class FewStepDEIS(_SolverNode):
     DESCRIPTION = ("DEIS (Zhang & Chen 2023), time-Adams-Bashforth (tAB) orders 1-4: a multistep exponential "
                    "integrator whose coefficients are computed for the actual sigma grid and model family.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "order": ("INT", {"default": 3, "min": 1, "max": 4, "tooltip":
-                      "tAB order 1-4 (number of past model outputs used; the first steps use the ones "
-                      "available). One model call per step."}),
-        }}
-
-    def get_sampler(self, order):
-        n = "FewStepDEIS"
-        order = check_int(order, 1, 4, "order", n)
-        return _ksampler(S.sample_deis, n, order=order)
+    SOLVER = staticmethod(S.sample_deis)
+    WIDGETS = {"order": Int(3, 1, 4, "tAB order 1-4 (number of past model outputs used; the first steps use the "
+                                     "ones available). One model call per step.")}
 
 
 PNDM_WARMUPS = ("lower", "rk")
@@ -242,20 +205,11 @@ PNDM_WARMUPS = ("lower", "rk")
 class FewStepPNDM(_SolverNode):
     DESCRIPTION = ("PNDM / PLMS (Liu et al. 2022): the 4th-order linear multistep update "
                    "(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})/24 on the pseudo-numerical DDIM step.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "warmup": (list(PNDM_WARMUPS), {"default": "lower", "tooltip":
-                       "How the first 3 steps are taken before 4 past outputs exist. lower: lower-order "
-                       "linear multistep (one model call per step, the PLMS of Stable Diffusion). rk: the "
-                       "paper's pseudo Runge-Kutta steps (4 model calls each)."}),
-        }}
-
-    def get_sampler(self, warmup):
-        n = "FewStepPNDM"
-        warmup = check_choice(warmup, PNDM_WARMUPS, "warmup", n)
-        return _ksampler(S.sample_pndm, n, warmup=warmup)
+    SOLVER = staticmethod(S.sample_pndm)
+    WIDGETS = {"warmup": Choice(PNDM_WARMUPS, "lower",
+                                "How the first 3 steps are taken before 4 past outputs exist. lower: lower-order "
+                                "linear multistep (one model call per step, the PLMS of Stable Diffusion). rk: the "
+                                "paper's pseudo Runge-Kutta steps (4 model calls each).")}
 
 
 EDM_METHODS = ("heun", "euler")
@@ -264,30 +218,18 @@ EDM_METHODS = ("heun", "euler")
 class FewStepEDM(_SolverNode):
     DESCRIPTION = ("EDM sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method with optional "
                    "churn (S_churn, S_tmin, S_tmax, S_noise), or plain Euler. The last step to sigma 0 is Euler.")
+    WIDGETS = {
+        "method": Choice(EDM_METHODS, "heun", "heun: 2nd order, 2 model calls per step (1 on the last). euler: 1st "
+                                              "order, 1 call per step."),
+        "s_churn": Float(0.0, 0.0, 100.0, "Total churn: each step in [s_tmin, s_tmax] first raises sigma by "
+                                          "gamma = min(s_churn/steps, sqrt(2)-1) with fresh noise. 0 = deterministic."),
+        "s_tmin": Float(0.0, 0.0, 1000.0, "Churn only at sigmas >= s_tmin."),
+        "s_tmax": Float(1000.0, 0.0, 1000.0, "Churn only at sigmas <= s_tmax."),
+        "s_noise": Float(1.0, 0.0, 10.0, "Scale of the churn noise (EDM uses 1.003-1.007 for some models; 1 = exact).",
+                         step=0.001),
+    }
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "method": (list(EDM_METHODS), {"default": "heun", "tooltip":
-                       "heun: 2nd order, 2 model calls per step (1 on the last). euler: 1st order, 1 call per step."}),
-            "s_churn": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False, "tooltip":
-                        "Total churn: each step in [s_tmin, s_tmax] first raises sigma by "
-                        "gamma = min(s_churn/steps, sqrt(2)-1) with fresh noise. 0 = deterministic."}),
-            "s_tmin": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.01, "round": False, "tooltip":
-                       "Churn only at sigmas >= s_tmin."}),
-            "s_tmax": ("FLOAT", {"default": 1000.0, "min": 0.0, "max": 1000.0, "step": 0.01, "round": False, "tooltip":
-                       "Churn only at sigmas <= s_tmax."}),
-            "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001, "round": False, "tooltip":
-                        "Scale of the churn noise (EDM uses 1.003-1.007 for some models; 1 = exact)."}),
-        }}
-
-    def get_sampler(self, method, s_churn, s_tmin, s_tmax, s_noise):
-        n = "FewStepEDM"
-        method = check_choice(method, EDM_METHODS, "method", n)
-        s_churn = check_float(s_churn, 0.0, 100.0, "s_churn", n)
-        s_tmin = check_float(s_tmin, 0.0, 1000.0, "s_tmin", n)
-        s_tmax = check_float(s_tmax, 0.0, 1000.0, "s_tmax", n)
-        s_noise = check_float(s_noise, 0.0, 10.0, "s_noise", n)
+    def sampler(self, n, method, s_churn, s_tmin, s_tmax, s_noise):
         if s_tmin > s_tmax:
             raise ValueError(f"{n}: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
         return _ksampler(S.sample_edm, n, noise="gaussian", method=method, s_churn=s_churn,
@@ -298,19 +240,11 @@ class FewStepTCD(_SolverNode):
     DESCRIPTION = ("TCD (Zheng et al. 2024), strategic stochastic sampling: jump deterministically to "
                    "(1 - gamma) of the next sigma, then re-noise to it. gamma 0 is deterministic (DDIM), "
                    "gamma 1 is LCM-style multistep sampling. For TCD / LCM / consistency models.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "gamma": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "round": False, "tooltip":
-                      "Stochasticity in [0, 1]: 0 = deterministic, 1 = full re-noising each step (LCM). "
-                      "The TCD paper uses 0.3; raise it if images look over-detailed."}),
-        }}
-
-    def get_sampler(self, gamma):
-        n = "FewStepTCD"
-        gamma = check_float(gamma, 0.0, 1.0, "gamma", n)
-        return _ksampler(S.sample_tcd, n, noise="gaussian", gamma=gamma)
+    SOLVER = staticmethod(S.sample_tcd)
+    NOISE = "gaussian"
+    WIDGETS = {"gamma": Float(0.3, 0.0, 1.0, "Stochasticity in [0, 1]: 0 = deterministic, 1 = full re-noising each "
+                                             "step (LCM). The TCD paper uses 0.3; raise it if images look "
+                                             "over-detailed.")}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -83,19 +83,24 @@ class DeepCacheRun(_run.RunState):
         self.cache_bytes = sum(v[1].numel() * v[1].element_size() for v in self.cache.values())
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes, size)
 
+    REUSED = "feature"   # what a cached step reuses, for the summary
+
     def summary(self):
-        s = self.settings
+        """What the run did (the node's report, logged at the end of sampling); frees the cache."""
         calls = self.full_calls + self.cached_calls
         speed = f"{calls / max(self.full_calls, 1):.2f}x fewer full passes" if calls else "no model calls"
-        msg = (f"DeepCache (interval {s['cache_interval']}, depth {s['cache_depth']}, {s['mode']}): "
-               f"{self.full_calls} full and {self.cached_calls} cached UNet calls over {self.total_steps} steps "
-               f"({speed}); cache peak {self.peak_cache_bytes / 2**20:.2f} MiB")
+        msg = self._counts(self.settings, speed)
         if self.fallback_calls:
-            msg += f"; {self.fallback_calls} calls on cached steps ran in full (no cached feature of that size yet)"
+            msg += f"; {self.fallback_calls} calls on cached steps ran in full (no cached {self.REUSED} of that size yet)"
         if self.total_steps > 1 and self.steps_seen == 0 and any(self.cached_step):
             msg += "; the sampler reported no steps (no callback), so every call ran in full"
         self.cache.clear()
         return msg
+
+    def _counts(self, s, speed):
+        return (f"DeepCache (interval {s['cache_interval']}, depth {s['cache_depth']}, {s['mode']}): "
+                f"{self.full_calls} full and {self.cached_calls} cached UNet calls over {self.total_steps} steps "
+                f"({speed}); cache peak {self.peak_cache_bytes / 2**20:.2f} MiB")
 
 
 def _settings(cache_interval, mode, start_percent, end_percent, center, power) -> dict:
@@ -241,22 +246,15 @@ class DiTDeepCacheRun(DeepCacheRun):
                                if v is not None)
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes)
 
-    def summary(self):
-        s = self.settings
-        calls = self.full_calls + self.cached_calls
-        speed = f"{calls / max(self.full_calls, 1):.2f}x fewer full passes" if calls else "no model calls"
+    REUSED = "residual"
+
+    def _counts(self, s, speed):
         p = self.plan
-        msg = (f"DeepCache on {self.arch.name} (interval {s['cache_interval']}, {s['mode']}; blocks "
-               f"{p.first_cached}..{p.last_cached} of {p.n_blocks} cached, {p.leading} leading and {p.trailing} "
-               f"trailing recomputed): {self.full_calls} full and {self.cached_calls} cached model calls over "
-               f"{self.total_steps} steps ({speed}); block calls run {sum(self.block_runs)}, skipped "
-               f"{sum(self.block_skips)}; cache peak {self.peak_cache_bytes / 2**20:.2f} MiB")
-        if self.fallback_calls:
-            msg += f"; {self.fallback_calls} calls on cached steps ran in full (no cached residual of that size yet)"
-        if self.total_steps > 1 and self.steps_seen == 0 and any(self.cached_step):
-            msg += "; the sampler reported no steps (no callback), so every call ran in full"
-        self.cache.clear()
-        return msg
+        return (f"DeepCache on {self.arch.name} (interval {s['cache_interval']}, {s['mode']}; blocks "
+                f"{p.first_cached}..{p.last_cached} of {p.n_blocks} cached, {p.leading} leading and {p.trailing} "
+                f"trailing recomputed): {self.full_calls} full and {self.cached_calls} cached model calls over "
+                f"{self.total_steps} steps ({speed}); block calls run {sum(self.block_runs)}, skipped "
+                f"{sum(self.block_skips)}; cache peak {self.peak_cache_bytes / 2**20:.2f} MiB")
 
 
 def _shapes(state: dict, n: int):

@@ -58,8 +58,8 @@ def _cont_frac(x: np.ndarray, a: float, b: float, check_interrupt=None) -> np.nd
 
 def beta_cdf(x, a: float, b: float, check_interrupt=None) -> np.ndarray:
     """The regularised incomplete beta function I_x(a, b) = P(X <= x) for X ~ Beta(a, b), elementwise."""
-    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    inner = (x > 0.0) & (x < 1.0)
+    x = np.asarray(x, dtype=np.float64)
+    inner = (x > 0.0) & (x < 1.0)       # outside (0, 1), NaN included, the last line gives 0 or 1
     xi = np.where(inner, x, 0.5)
     log_front = (a * np.log(xi) + b * np.log1p(-xi)
                  - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)))

@@ -113,17 +113,22 @@ def node_ids(rel):
 
 
 def required_widgets(rel):
-    """class name -> the keys of INPUT_TYPES()["required"], in order (from the returned dict literal)."""
+    """class name -> the keys of INPUT_TYPES()["required"], in order (from the returned dict literal, or
+    from the class's WIDGETS dict literal where a base class builds INPUT_TYPES from it)."""
     out = {}
     for cls in _tree(rel).body:
         if not isinstance(cls, ast.ClassDef):
             continue
         for fn in cls.body:
-            if isinstance(fn, ast.FunctionDef) and fn.name == "INPUT_TYPES":
+            if isinstance(fn, ast.Assign) and [getattr(t, "id", None) for t in fn.targets] == ["WIDGETS"] \
+                    and isinstance(fn.value, ast.Dict) and fn.value.keys:
+                out[cls.name] = [ast.literal_eval(k) for k in fn.value.keys]
+            if isinstance(fn, ast.FunctionDef) and fn.name == "INPUT_TYPES" and cls.name not in out:
                 ret = next(n for n in ast.walk(fn) if isinstance(n, ast.Return))
                 top = ret.value
                 req = next(v for k, v in zip(top.keys, top.values) if ast.literal_eval(k) == "required")
-                out[cls.name] = [ast.literal_eval(k) for k in req.keys]
+                if isinstance(req, ast.Dict):   # a base class building it from WIDGETS has none of its own
+                    out[cls.name] = [ast.literal_eval(k) for k in req.keys]
     return out
 
 

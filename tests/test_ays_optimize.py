@@ -474,3 +474,23 @@ def test_saved_file_new_fields_are_checked(tmp_path, field, value, reason):
     with pytest.raises(ProfileError) as e:
         load_ays_schedule(p, ms)
     assert "bad.safetensors" in str(e.value) and reason in str(e.value)
+
+
+def test_a_sweep_counts_every_proposal_the_pairs_reject():
+    """With pairs that never improve, nothing moves and every proposal (one validate call each) is
+    counted as rejected: the count the early-stop report gives."""
+    ms = ModelSigmas.discrete_vp()
+    est = ays.KLUBEstimator(gauss_denoiser("eps"), gauss_data(64), "eps", seed=0)
+    sched = [float(v) for v in ays.initial_schedule(6, ms, "time_uniform")]
+    before = list(sched)
+    cur = torch.zeros(8, dtype=torch.float64)
+    calls = []
+
+    def validate(s):
+        calls.append(list(s))
+        return cur.clone()
+
+    moved, rejected, _ = ays._sweep(est, sched, 0.5, ms, None, 4, 1.0, validate, cur, lambda: None)
+    assert len(calls) > 0
+    assert (moved, rejected) == (0, len(calls))
+    assert sched == before

@@ -82,3 +82,15 @@ def test_sde_solver_uses_given_noise_sampler():
     m = lambda x, s, **k: torch.zeros_like(x)  # noqa: E731
     sample_dpmpp_sde(m, torch.ones(1, 3), torch.tensor([3.0, 2.0, 1.0, 0.0]), noise_sampler=ns)
     assert calls == [(3.0, 2.0), (2.0, 1.0)]
+
+
+def test_the_seed_mix_is_splitmix64():
+    """One value: splitmix64's first output from state ``golden ^ v`` (so v = golden starts from state 0,
+    whose first output is the reference implementation's published 0xE220A8397B1DCDAF), kept to 63 bits."""
+    from fewstep.samplers.noise import _mix
+    assert _mix(0x9E3779B97F4A7C15) == 0xE220A8397B1DCDAF & ((1 << 63) - 1)
+
+
+def test_a_brownian_path_needs_an_interval():
+    with pytest.raises(ValueError, match="t1 > t0"):
+        BrownianPath((2, 3), 1.0, 1.0)

@@ -361,3 +361,19 @@ def test_fit_profile_from_gives_both_paths_from_the_stored_factor():
     assert p.path.tolist() == olss.uniform_path(prof.teacher_steps, 5) and not p.path_planning
     q = olss.fit_profile_from(p, True)
     assert torch.equal(q.path, prof.path) and torch.allclose(q.wx, prof.wx) and torch.allclose(q.we, prof.we)
+
+
+@pytest.mark.parametrize("anchor", [olss.CLOSED_LOOP_ANCHOR, 0.0])
+def test_closed_loop_refit_with_fewer_data_rows_than_coefficients(anchor):
+    """One run of a 1-element state gives each step fewer rows than unknowns (its R factor is padded
+    to square; without the anchor's ridge that is what keeps the solve defined): the refit still returns
+    finite coefficients of the right shape and a finite error per step."""
+    k = 3
+    wx = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64)
+    we = torch.tril(torch.full((k, k), 0.1, dtype=torch.float64))
+    x0 = [torch.tensor([1.5], dtype=torch.float64)]
+    targets = [[torch.tensor([1.0 - 0.3 * j], dtype=torch.float64) for j in range(k)]]
+    wx2, we2, err = olss.closed_loop_refit(wx, we, x0, targets, lambda r, x, j: 0.5 * x, anchor=anchor)
+    assert wx2.shape == wx.shape and we2.shape == we.shape and err.shape == (k,)
+    assert torch.isfinite(wx2).all() and torch.isfinite(we2).all() and torch.isfinite(err).all()
+    assert torch.equal(torch.triu(we2, 1), torch.zeros(k, k, dtype=torch.float64))

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fewstep.core import families
 from fewstep.core.model_sigmas import ModelSigmas
-from fewstep.schedules import SCHEDULE_NAMES, ays_sigmas, ays_table, get_schedule, loglinear_interp
+from fewstep.schedules import SCHEDULE_NAMES, ays_sigmas, ays_table, basic, get_schedule, loglinear_interp
 from fewstep.schedules.ays import AYS_PUBLISHED_SIGMAS, AYS_TIMESTEPS, remap_to_model
 
 SD = ModelSigmas.discrete_vp()
@@ -202,3 +202,24 @@ def test_ays_is_remapped_when_only_one_end_of_the_range_differs():
     top_end = ModelSigmas.from_range("eps", float(t[-1]), 20.0)
     assert needs_remap(t, low_end) and needs_remap(t, top_end)
     assert not torch.allclose(ays_sigmas("SD1", 10, model_sigmas=low_end), ays_sigmas("SD1", 10, model_sigmas=SD))
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8, 0.25])
+def test_karras_below_rho_1_is_the_edm_formula(rho):
+    """The log-space branch (rho < 1) against EDM eq. 5 written out directly (safe at these rho)."""
+    n = 9
+    got = basic.karras(n, SD, rho)
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    hi, lo = SD.sigma_max ** (1 / rho), SD.sigma_min ** (1 / rho)
+    want = (hi + i * (lo - hi)) ** rho
+    assert got[-1] == 0
+    # the direct form cancels at the last point (smax^(1/rho) - smax^(1/rho) + smin^(1/rho)): sigma_min there
+    assert torch.allclose(got[:-2], want[:-1], rtol=1e-9, atol=0)
+    assert got[-2] == pytest.approx(SD.sigma_min, rel=1e-12)
+
+
+@pytest.mark.parametrize("table,reason", [([0.0, 0.5, 1.0], "finite and positive"),
+                                          ([0.1, 0.5, 0.5, 1.0], "strictly ascending")])
+def test_a_model_sigma_table_with_a_zero_or_a_repeat_is_refused(table, reason):
+    with pytest.raises(ValueError, match=reason):
+        ModelSigmas(table=torch.tensor(table, dtype=torch.float64), family="eps")

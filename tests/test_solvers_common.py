@@ -2,6 +2,7 @@
 every registered solver."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -214,3 +215,16 @@ def test_taylor_derivatives_are_the_polynomials_derivatives():
     assert d1 == pytest.approx(3 + 10 * 1.5, rel=1e-12) and d2 == pytest.approx(10.0, rel=1e-12)
     with pytest.raises(ValueError):
         taylor_derivatives([1.0], [1.0])
+
+
+def test_multistep_order_is_lowered_when_the_schedule_is_too_short(caplog):
+    """The order a multistep solver may use: at most the number of steps, a final step to sigma 0 not
+    counted (it is a first-order denoising step); a lowered order is logged."""
+    from fewstep.samplers._common import make_grid, multistep_order
+    f64 = functools.partial(torch.tensor, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="FewStep"):
+        assert multistep_order(3, 1, 3, make_grid(f64([2.0, 1.0]), "eps"), "t") == 1
+    assert "too short for order 3" in caplog.text
+    assert multistep_order(3, 1, 3, make_grid(f64([2.0, 1.0, 0.0]), "eps"), "t") == 1
+    assert multistep_order(3, 1, 3, make_grid(f64([3.0, 2.0, 1.0, 0.0]), "eps"), "t") == 2
+    assert multistep_order(3, 1, 3, make_grid(f64([3.0, 2.0, 1.0, 0.5]), "eps"), "t") == 3
