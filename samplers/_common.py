@@ -44,9 +44,9 @@ def check_sigmas(sigmas) -> None:
         raise ValueError("sigmas contain NaN or inf")
     if s.numel() and (s < 0).any():
         raise ValueError("sigmas must be non-negative")
-    if s.numel() > 1 and not (s[1:] < s[:-1]).all():
+    if not (s[1:] < s[:-1]).all():          # empty for 0 or 1 sigmas
         raise ValueError("sigmas must be strictly decreasing (only the final sigma may be 0)")
-    if s.numel() > 1 and (s[:-1] <= 0).any():
+    if (s[:-1] <= 0).any():
         raise ValueError("only the final sigma may be 0")
 
 

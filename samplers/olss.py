@@ -740,9 +740,8 @@ def solver_profile(base: OLSSProfile, solver: Callable, path: Sequence[int], lab
     for j in range(len(p)):
         target = p[j + 1] if j + 1 < len(p) else n
         cols = [p[0]] + [n + 1 + i for i in p[: j + 1]]
-        top = max(cols + [target]) + 1
         c = torch.cat([wx[j:j + 1], we[j, : j + 1]])
-        r = fitter.R[:top, cols] @ c - fitter.R[:top, target]
+        r = fitter.R[:, cols] @ c - fitter.R[:, target]   # R is upper triangular: rows below are zero
         err[j] = float(r @ r) / base.rows
     prof = replace(base, sigmas=sig, wx=wx, we=we, step_error=err, path=torch.tensor(p, dtype=torch.int64),
                    path_planning=False, closed_loop=False, extra={**base.extra, "method": "solver", "solver": label})

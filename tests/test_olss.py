@@ -377,3 +377,16 @@ def test_closed_loop_refit_with_fewer_data_rows_than_coefficients(anchor):
     assert wx2.shape == wx.shape and we2.shape == we.shape and err.shape == (k,)
     assert torch.isfinite(wx2).all() and torch.isfinite(we2).all() and torch.isfinite(err).all()
     assert torch.equal(torch.triu(we2, 1), torch.zeros(k, k, dtype=torch.float64))
+
+
+def test_a_one_step_profile_round_trips(tmp_path):
+    """The smallest profile the limits allow (1 teacher step, 1 student step) saves and loads."""
+    am = AnalyticModel("eps")
+    model = am.denoiser(1.0)
+    ts = get_schedule("karras", 1, am.model_sigmas)
+    teacher = functools.partial(sample_dpmpp_multistep, family="eps", order=2)
+    train = [am.initial_state(am.noise(SHAPE_TRAIN, 7), float(ts[0]))]
+    prof = olss.train_olss(model, train, ts, teacher, 1, "eps", path_planning=False, teacher_name="dpmpp_2m")
+    back = olss.OLSSProfile.load(prof.save(tmp_path / "one.safetensors"))
+    assert back.teacher_steps == 1 and back.steps == 1
+    assert torch.equal(back.teacher_sigmas, prof.teacher_sigmas)

@@ -1,6 +1,8 @@
 """Schedules: the contract (length, strictly decreasing, finite, ends in 0), the denoise rule,
 published AYS tables, model awareness, and bad input."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -223,3 +225,14 @@ def test_karras_below_rho_1_is_the_edm_formula(rho):
 def test_a_model_sigma_table_with_a_zero_or_a_repeat_is_refused(table, reason):
     with pytest.raises(ValueError, match=reason):
         ModelSigmas(table=torch.tensor(table, dtype=torch.float64), family="eps")
+
+
+@pytest.mark.parametrize("rho", [0.5, 2.0, 3.0])
+def test_polyexponential_is_k_diffusions_formula(rho):
+    """log sigma_i = ((n-1-i)/(n-1))^rho (log smax - log smin) + log smin, from sigma_max down to sigma_min."""
+    n = 7
+    got = basic.polyexponential(n, SD, rho)
+    lo, hi = math.log(SD.sigma_min), math.log(SD.sigma_max)
+    want = [math.exp(((n - 1 - i) / (n - 1)) ** rho * (hi - lo) + lo) for i in range(n)]
+    assert got[-1] == 0
+    assert got[:-1].tolist() == pytest.approx(want, rel=1e-12)

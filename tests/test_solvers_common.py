@@ -228,3 +228,79 @@ def test_multistep_order_is_lowered_when_the_schedule_is_too_short(caplog):
     assert multistep_order(3, 1, 3, make_grid(f64([2.0, 1.0, 0.0]), "eps"), "t") == 1
     assert multistep_order(3, 1, 3, make_grid(f64([3.0, 2.0, 1.0, 0.0]), "eps"), "t") == 2
     assert multistep_order(3, 1, 3, make_grid(f64([3.0, 2.0, 1.0, 0.5]), "eps"), "t") == 3
+
+
+@pytest.mark.parametrize("lmb", [-3.0, 0.0, 0.7, 2.5])
+def test_sigma_from_lambda_is_the_closed_form_for_floats_and_tensors(lmb):
+    """eps: lambda = -log sigma; flow: lambda = log((1 - sigma)/sigma), so sigma = 1/(1 + e^lambda)."""
+    want = {"eps": math.exp(-lmb), "flow": 1.0 / (1.0 + math.exp(lmb))}
+    for family, w in want.items():
+        assert families.sigma_from_lam(lmb, family) == pytest.approx(w, rel=1e-14)
+        t = families.sigma_from_lam(torch.tensor([lmb], dtype=torch.float64), family)
+        assert float(t[0]) == pytest.approx(w, rel=1e-14)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_deis_singlestep_warmup_evaluates_at_the_first_steps_lambda_midpoint(family):
+    """DEIS-3's singlestep start: its second model call is at the lambda midpoint of the first step
+    (eps: the geometric mean of the two sigmas; flow: the odds' geometric mean)."""
+    model, x, _ = problem(family)
+    seen = []
+
+    def recording(xx, sigma, **kw):
+        seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return model(xx, sigma, **kw)
+
+    s = lam_grid(family, *SPAN[family], 6)
+    SOLVERS["deis_3"].fn(recording, x, s, family=family, **{**SOLVERS["deis_3"].kwargs, "warmup": "singlestep"})
+    s0, s1 = float(s[0]), float(s[1])
+    if family == "eps":
+        mid = math.sqrt(s0 * s1)
+    else:
+        odds = math.sqrt((s0 / (1 - s0)) * (s1 / (1 - s1)))
+        mid = odds / (1 + odds)
+    assert seen[:3] == pytest.approx([s0, mid, s1], rel=1e-12)
+    assert len(seen) == 7   # one call per step, plus the midpoint
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+@pytest.mark.parametrize("final_zero", [False, True])
+def test_unipc_makes_one_model_call_per_step(family, final_zero):
+    """UniC reuses the next step's model call, so it is skipped after the last step: n steps, n calls."""
+    model, x, _ = problem(family)
+    calls = []
+
+    def counting(xx, sigma, **kw):
+        calls.append(1)
+        return model(xx, sigma, **kw)
+
+    s = lam_grid(family, *SPAN[family], 6, final_zero=final_zero)
+    SOLVERS["unipc_bh2"].fn(counting, x, s, family=family, **SOLVERS["unipc_bh2"].kwargs)
+    assert len(calls) == len(s) - 1
+
+
+def test_flow_sigmas_are_clamped_below_1_so_lambda_stays_finite():
+    top = 1.0 - families.FLOW_SIGMA_OFFSET
+    assert families.clamp_sigma(1.0, "flow") == top
+    t = families.clamp_sigma(torch.tensor([1.0, 0.5], dtype=torch.float64), "flow")
+    assert t.tolist() == [top, 0.5]
+    assert math.isfinite(float(families.lam(t, "flow")[0]))
+
+
+def test_edm_churns_on_the_closed_interval_s_tmin_to_s_tmax():
+    """Karras et al. 2022, Algorithm 2: gamma_i > 0 for t_i in [S_tmin, S_tmax], both ends included. With
+    both ends at one grid sigma only that step churns: its first model call is at sigma (1 + gamma)."""
+    model, x, _ = problem("eps")
+    s = lam_grid("eps", *SPAN["eps"], 5)
+    at = float(s[2])
+    seen = []
+
+    def recording(xx, sigma, **kw):
+        seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return model(xx, sigma, **kw)
+
+    gamma = min(0.5 / 5, math.sqrt(2.0) - 1.0)
+    SOLVERS["edm_euler"].fn(recording, x, s, family="eps", **{**SOLVERS["edm_euler"].kwargs, "s_churn": 0.5,
+                                                               "s_tmin": at, "s_tmax": at, "seed": 0})
+    assert seen[2] == pytest.approx(at * (1 + gamma), rel=1e-12)
+    assert seen[:2] + seen[3:] == pytest.approx([float(v) for v in s[:2]] + [float(v) for v in s[3:-1]], rel=1e-12)

@@ -20,6 +20,9 @@ CASES = [
     # the paper's first-order start: one O(h^2) local error, so the asymptotic order is 2
     ("dpmpp_3m_lower_warmup", S.sample_dpmpp_multistep, {"order": 3}, 2, (80, 160, 320)),
     ("dpmpp_2s", S.sample_dpmpp_2s, {}, 2, (20, 40, 80)),
+    # second order for every intermediate point r, not only the midpoint (whose D_eff is just D_u)
+    ("dpmpp_2s_r_third", S.sample_dpmpp_2s, {"r": 1 / 3}, 2, (20, 40, 80)),
+    ("dpmpp_2s_r_1", S.sample_dpmpp_2s, {"r": 1.0}, 2, (20, 40, 80)),
     ("dpm_solver_1", S.sample_dpm_solver, {"order": 1}, 1, (20, 40, 80)),
     ("dpm_solver_2", S.sample_dpm_solver, {"order": 2}, 2, (20, 40, 80)),
     ("dpm_solver_3", S.sample_dpm_solver, {"order": 3}, 3, (20, 40, 80)),
