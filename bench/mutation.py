@@ -9,10 +9,11 @@ tests catch it.
 Self-contained (ast only): the mutator walks a module's functions and proposes one-token changes
 (``+``<->``-``, ``*``<->``/``, a comparison to its neighbour ``<``<->``<=`` / ``==``<->``!=``, ``and``<->``or``,
 a dropped ``not``, ``True``<->``False``, an integer constant +1, a float constant x1.5 / 0->1). Each mutant is
-written into a scratch copy of the checkout, and the unit tests mapped to its module (``TESTS``; the
-host tests and tests/test_behaviour_lock.py are left out: the lock compares the code with its own
-earlier outputs, so it would kill every solver mutant without saying whether a real test would) run
-with ``-x``; a failure or a timeout kills the mutant. Docstrings, messages and ``raise`` statements are
+written into a scratch copy of the checkout, and the tests mapped to its module (``TESTS``: the unit
+tests, the convergence orders for the solvers, and ComfyUI's own AYS node for the published tables,
+which needs a ComfyUI as the host tests find it; tests/test_behaviour_lock.py is left out: it compares
+the code with its own earlier outputs, so it would kill every solver mutant without saying whether a
+real test would) run with ``-x``; a failure or a timeout kills the mutant. Docstrings, messages and ``raise`` statements are
 not mutated. The mutants are a deterministic sample (``--seed``) spread over the modules. Prints the
 score (killed / all) and every survivor as ``file:line  original -> mutant``.
 """

@@ -349,8 +349,6 @@ def _temp_models(kind):
 
 
 def cmd_fitted(ref, args, log=print):
-    import comfy.samplers as cs
-    host = ref.host
     cfg = args.cfg[0]
     fit_labels = all_labels(args.fit_samples, classes=range(5))
     ev_labels = all_labels(args.seeds, classes=range(5, 10))
@@ -366,43 +364,56 @@ def cmd_fitted(ref, args, log=print):
     for nfe in args.nfe:
         fb, mb, bb = fixed[nfe]
         best = min((fb, mb, bb), key=lambda r: r[0])
-        # OLSS
-        t = time.time()
-        olss = host.NODES["FewStepOLSSTrain"]()
-        res = olss.train(ref.patcher, pos, neg, latent, cfg, "deis_3", args.teacher_steps, "karras", nfe,
-                         args.olss_runs, FIT_SEED, True, f"bench_olss_{nfe}", 0.0, False, True, 2)
-        res = res["result"] if isinstance(res, dict) else res
-        profile = res[0]
-        from fewstep.nodes.olss import LINKED
-        sampler, sigmas = host.NODES["FewStepOLSSSampler"]().build(LINKED, 1.0, profile=profile)
-        err, calls = ev.run(sampler, sigmas)
-        sc = ref.score(ev.last_out, ev_labels)
-        lines.append(f"| OLSS (teacher deis_3, {args.teacher_steps} steps) | {calls} | {err:.2e} | {_fmt_score(sc)} | "
-                     f"{best[1]} | {best[0]:.2e} | {err / best[0]:.2f} |")
-        log(f"OLSS NFE {nfe}: {err:.3e} ({calls} calls; fit {time.time() - t:.0f} s) vs fixed {best[0]:.3e}", flush=True)
-        # AYS optimised schedule, aligned to dpmpp_2m; compared with dpmpp_2m's best fixed schedule
-        t = time.time()
-        ays = host.NODES["FewStepAYSOptimize"]()
-        out = ays.optimize(ref.patcher, pos, neg, cfg, nfe, args.ays_iterations, args.ays_samples, FIT_SEED,
-                           f"bench_ays_{nfe}", latent, "KSampler: dpmpp_2m")
-        sig = (out["result"] if isinstance(out, dict) else out)[0]
-        err, calls = ev.run(cs.sampler_object("dpmpp_2m"), sig.cpu())
-        sc = ref.score(ev.last_out, ev_labels)
-        best2 = (math.inf, None)
-        for sch in (QUICK["builtin_schedulers"] if args.quick else BUILTIN_SCHEDULERS):
-            e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), cs.calculate_sigmas(ref.ms, sch, nfe).cpu())
-            if e2 < best2[0]:
-                best2 = (e2, f"dpmpp_2m + {sch}")
-        sched_node = host.NODES["FewStepScheduler"]()
-        for sch, rho in FEWSTEP_SCHEDULES if not args.quick else FEWSTEP_SCHEDULES[:1]:
-            e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), sched_node.get_sigmas(ev.patcher, sch, nfe, 1.0, rho)[0])
-            if e2 < best2[0]:
-                best2 = (e2, f"dpmpp_2m + FewStep {sch}")
-        lines.append(f"| AYS optimised schedule with dpmpp_2m ({args.ays_iterations} iterations) | {calls} | {err:.2e} | "
-                     f"{_fmt_score(sc)} | {best2[1]} | {best2[0]:.2e} | {err / best2[0]:.2f} |")
-        log(f"AYS NFE {nfe}: {err:.3e} (fit {time.time() - t:.0f} s) vs dpmpp_2m's best fixed {best2[0]:.3e}", flush=True)
+        if "olss" in args.methods:
+            lines.append(_fitted_olss(ref, args, ev, ev_labels, pos, neg, latent, cfg, nfe, best, log))
+        if "ays" in args.methods:
+            lines.append(_fitted_ays(ref, args, ev, ev_labels, pos, neg, latent, cfg, nfe, log))
     return "\n".join(lines) + (f"\n\ncfg {cfg:g}; fitting batch {len(fit_labels)} (OLSS: {args.olss_runs} teacher runs over it; "
                                 f"AYS: {args.ays_samples} teacher samples), {args.seeds} evaluation seeds.")
+
+
+def _fitted_olss(ref, args, ev, ev_labels, pos, neg, latent, cfg, nfe, best, log):
+    """The OLSS row of the fitted table: trained on the fitting batch, evaluated on the other classes."""
+    host = ref.host
+    t = time.time()
+    olss = host.NODES["FewStepOLSSTrain"]()
+    res = olss.train(ref.patcher, pos, neg, latent, cfg, "deis_3", args.teacher_steps, "karras", nfe,
+                     args.olss_runs, FIT_SEED, True, f"bench_olss_{nfe}", 0.0, False, True, 2)
+    res = res["result"] if isinstance(res, dict) else res
+    profile = res[0]
+    from fewstep.nodes.olss import LINKED
+    sampler, sigmas = host.NODES["FewStepOLSSSampler"]().build(LINKED, 1.0, profile=profile)
+    err, calls = ev.run(sampler, sigmas)
+    sc = ref.score(ev.last_out, ev_labels)
+    log(f"OLSS NFE {nfe}: {err:.3e} ({calls} calls; fit {time.time() - t:.0f} s) vs fixed {best[0]:.3e}", flush=True)
+    return (f"| OLSS (teacher deis_3, {args.teacher_steps} steps) | {calls} | {err:.2e} | {_fmt_score(sc)} | "
+            f"{best[1]} | {best[0]:.2e} | {err / best[0]:.2f} |")
+
+
+def _fitted_ays(ref, args, ev, ev_labels, pos, neg, latent, cfg, nfe, log):
+    """The AYS row: the optimised schedule aligned to dpmpp_2m, against dpmpp_2m's best fixed schedule."""
+    import comfy.samplers as cs
+    host = ref.host
+    t = time.time()
+    ays = host.NODES["FewStepAYSOptimize"]()
+    out = ays.optimize(ref.patcher, pos, neg, cfg, nfe, args.ays_iterations, args.ays_samples, FIT_SEED,
+                       f"bench_ays_{nfe}", latent, "KSampler: dpmpp_2m")
+    sig = (out["result"] if isinstance(out, dict) else out)[0]
+    err, calls = ev.run(cs.sampler_object("dpmpp_2m"), sig.cpu())
+    sc = ref.score(ev.last_out, ev_labels)
+    best2 = (math.inf, None)
+    for sch in (QUICK["builtin_schedulers"] if args.quick else BUILTIN_SCHEDULERS):
+        e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), cs.calculate_sigmas(ref.ms, sch, nfe).cpu())
+        if e2 < best2[0]:
+            best2 = (e2, f"dpmpp_2m + {sch}")
+    sched_node = host.NODES["FewStepScheduler"]()
+    for sch, rho in FEWSTEP_SCHEDULES if not args.quick else FEWSTEP_SCHEDULES[:1]:
+        e2, c2 = ev.run(cs.sampler_object("dpmpp_2m"), sched_node.get_sigmas(ev.patcher, sch, nfe, 1.0, rho)[0])
+        if e2 < best2[0]:
+            best2 = (e2, f"dpmpp_2m + FewStep {sch}")
+    log(f"AYS NFE {nfe}: {err:.3e} (fit {time.time() - t:.0f} s) vs dpmpp_2m's best fixed {best2[0]:.3e}", flush=True)
+    return (f"| AYS optimised schedule with dpmpp_2m ({args.ays_iterations} iterations) | {calls} | {err:.2e} | "
+            f"{_fmt_score(sc)} | {best2[1]} | {best2[0]:.2e} | {err / best2[0]:.2f} |")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,6 +501,9 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, nargs="+", default=[DEFAULT_CFG], help=f"cfg value(s) (default {DEFAULT_CFG:g})")
     ap.add_argument("--steps", type=int, default=20, help="patches/freeu: sampling steps (default 20)")
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10], help="fitted: NFE budgets (default 5 10)")
+    ap.add_argument("--methods", nargs="+", choices=("olss", "ays"), default=["olss", "ays"],
+                    help="fitted: which fitted methods to run (default both; the AYS optimiser takes over 20 min a "
+                         "case on a 2-core CPU)")
     ap.add_argument("--fit-samples", type=int, default=16, help="fitted: fitting samples (default 16)")
     ap.add_argument("--teacher-steps", type=int, default=60, help="fitted: OLSS teacher steps (default 60)")
     ap.add_argument("--ays-iterations", type=int, default=1, help="fitted: AYS optimiser iterations (default 1)")

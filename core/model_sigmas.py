@@ -69,7 +69,7 @@ class ModelSigmas:
         return ModelSigmas(families.EPS, ((1 - acp) / acp).sqrt(), name)
 
     @staticmethod
-    def flow(shift: float = 1.0, timesteps: int = 1000, name: str | None = None) -> "ModelSigmas":
+    def flow(shift: float, timesteps: int = 1000, name: str | None = None) -> "ModelSigmas":
         """A flow-matching grid (SD3-style): sigma = shift*t / (1 + (shift-1)*t), t = 1/T .. 1."""
         if not (shift > 0 and math.isfinite(shift)):
             raise ValueError(f"shift must be a positive number, got {shift}")

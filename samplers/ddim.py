@@ -25,8 +25,10 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     eta = check_float_range(eta, 0.0, 1.0, "eta")
     s_noise = check_float_range(s_noise, 0.0, 10.0, "s_noise")
     run, grid = setup(model, x, sigmas, extra_args, callback, family)
-    stochastic = eta > 0 and s_noise > 0
-    if stochastic:
+    stochastic = eta > 0
+    # s_noise scales only the fresh noise (as in k-diffusion): at 0 the eta step keeps its drift, adds nothing
+    noisy = stochastic and s_noise > 0
+    if noisy:
         noise_sampler = make_noise_sampler(x, sigmas, "gaussian", seed, run.extra_args, noise_sampler)
     for i in range(grid.n):
         denoised, s, t = run.start(i, x, grid)
@@ -40,6 +42,6 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             continue
         exp_neg_h = (t * a_s) / (s * a_t)
         noise_std = eta * t * math.sqrt(max(0.0, 1.0 - exp_neg_h * exp_neg_h))
-        x = a_t * denoised + math.sqrt(max(0.0, t * t - noise_std * noise_std)) * eps \
-            + (noise_std * s_noise) * step_noise(noise_sampler, s, t, x)
+        x_new = a_t * denoised + math.sqrt(max(0.0, t * t - noise_std * noise_std)) * eps
+        x = x_new + (noise_std * s_noise) * step_noise(noise_sampler, s, t, x) if noisy else x_new
     return x

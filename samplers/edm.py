@@ -43,7 +43,7 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
         noise_sampler = make_noise_sampler(x, sigmas, "gaussian", seed, run.extra_args, noise_sampler)
     for i in range(n):
         s, t = grid.sigma[i], grid.sigma[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if (s_churn > 0 and s_tmin <= s <= s_tmax) else 0.0
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0   # s_churn 0: 0
         s_hat = s * (1.0 + gamma)
         if grid.family == "flow":
             s_hat = min(s_hat, 1.0)

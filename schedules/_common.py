@@ -32,9 +32,7 @@ def check_positive(value, widget: str, lo: float, hi: float) -> float:
 def total_steps_for(steps: int, denoise: float) -> int:
     """The one denoise rule (KSampler's): `steps` steps actually run, taken from the tail of a
     schedule built for int(steps / denoise) steps."""
-    if denoise >= 1.0:
-        return steps
-    return max(steps, int(steps / denoise))
+    return max(steps, int(steps / denoise))     # denoise 1: steps
 
 
 def with_denoise(build, steps: int, denoise: float, build_tail=None, check_interrupt=None) -> torch.Tensor:

@@ -494,3 +494,15 @@ def test_a_sweep_counts_every_proposal_the_pairs_reject():
     assert len(calls) > 0
     assert (moved, rejected) == (0, len(calls))
     assert sched == before
+
+
+def test_the_fewest_samples_allowed_are_accepted():
+    """MIN_SAMPLES data latents pass the checks (one fewer is refused, test_bad_input)."""
+    import inspect
+    am, _, x0, _ = _mixture_setup("eps", n=4, val=2)
+    defaults = {k: p.default for k, p in inspect.signature(ays.optimize_ays).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    names = list(inspect.signature(ays._check_options).parameters)[2:]
+    ays._check_options(x0[:ays.MIN_SAMPLES], am.model_sigmas, *[defaults[n] for n in names])
+    with pytest.raises(ValueError, match="samples"):
+        ays._check_options(x0[:ays.MIN_SAMPLES - 1], am.model_sigmas, *[defaults[n] for n in names])

@@ -94,3 +94,12 @@ def test_the_seed_mix_is_splitmix64():
 def test_a_brownian_path_needs_an_interval():
     with pytest.raises(ValueError, match="t1 > t0"):
         BrownianPath((2, 3), 1.0, 1.0)
+
+
+def test_brownian_increments_on_an_interval_away_from_0_have_their_variance():
+    """On [t0, t1] with t0 > 0: W(t1) - W(t0) ~ N(0, t1 - t0), and so is every sub-increment's (b - a)."""
+    p = BrownianPath((40000,), 4.0, 5.0, seed=3)
+    whole = p(5.0) - p(4.0)
+    assert abs(float(whole.var()) - 1.0) < 0.04
+    part = p(4.75) - p(4.25)
+    assert abs(float(part.var()) - 0.5) < 0.02

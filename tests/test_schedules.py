@@ -236,3 +236,10 @@ def test_polyexponential_is_k_diffusions_formula(rho):
     want = [math.exp(((n - 1 - i) / (n - 1)) ** rho * (hi - lo) + lo) for i in range(n)]
     assert got[-1] == 0
     assert got[:-1].tolist() == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("n", [2, 3, 9])
+def test_karras_below_rho_1_ends_exactly_at_sigma_min(rho, n):
+    s = basic.karras(n, SD, rho)
+    assert float(s[0]) == SD.sigma_max and float(s[-2]) == SD.sigma_min and float(s[-1]) == 0.0

@@ -3,12 +3,16 @@ sigma_max, the endpoint's per-element mean and variance across many seeds match 
 moments (cfg 1). No ComfyUI."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from fewstep.core import families
 from fewstep.core.analytic import AnalyticModel
 from fewstep.samplers import SOLVERS
+from fewstep.samplers.ddim import sample_ddim
+from fewstep.samplers.dpm_solver_pp import sample_dpmpp_sde
 from test_solvers_common import lam_grid
 
 N = 3000
@@ -165,3 +169,42 @@ def test_edm_accepts_every_s_noise_in_its_range():
         assert torch.isfinite(y).all()
     with pytest.raises(ValueError, match=r"s_noise must be a number in \[0.0, 10.0\]"):
         SOLVERS["edm_heun"](am.denoiser(1.0), x, sig, {"seed": 3}, family="eps", s_noise=-0.1)
+
+
+def _one_step(family):
+    am = AnalyticModel(family, 3.0, 4, 0)
+    model = am.denoiser(1.0)
+    s, t = (2.0, 0.7) if family == "eps" else (0.8, 0.4)
+    x = am.noise((2, 4, 2, 2), 3) * s
+    return model, x, s, t
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_ddim_with_eta_and_no_noise_keeps_the_eta_drift(family):
+    """s_noise scales only the fresh noise (k-diffusion's convention): DDIM at eta 1 with s_noise 0 is the
+    noise-free part of the ancestral step, x_t = (t/s) e^-h x + a_t (1 - e^-2h) D(x, s) (the DDPM
+    posterior mean, which is also DPM-Solver++'s first-order SDE step), not the eta-0 step."""
+    model, x, s, t = _one_step(family)
+    a_s, a_t = families.alpha(s, family), families.alpha(t, family)
+    e = (t * a_s) / (s * a_t)
+    d = model(x, torch.full((x.shape[0],), s, dtype=x.dtype))
+    want = (t / s) * e * x + a_t * (1 - e * e) * d
+    sig = torch.tensor([s, t], dtype=torch.float64)
+    got = sample_ddim(model, x, sig, family=family, eta=1.0, s_noise=0.0)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(got, sample_ddim(model, x, sig, family=family, eta=0.0), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_dpmpp_sde_noise_is_t_sqrt_1_minus_exp_minus_2_eta_h(eta):
+    """One SDE step from x = 0 with a zero denoiser and unit 'noise' adds exactly t sqrt(1 - e^{-2 eta h})
+    s_noise (the SDE-DPM-Solver++ noise term, Lu et al. 2022, eq. for the 2M SDE)."""
+    s, t = 2.0, 0.7
+    h = math.log(s / t)
+    x = torch.zeros(1, 4, 2, 2, dtype=torch.float64)
+    zero = lambda xx, sigma, **kw: torch.zeros_like(xx)  # noqa: E731
+    ones = lambda *a, **kw: torch.ones_like(x)  # noqa: E731
+    got = sample_dpmpp_sde(zero, x, torch.tensor([s, t], dtype=torch.float64), family="eps", order=1, eta=eta,
+                           s_noise=0.8, noise_sampler=ones)
+    want = t * math.sqrt(1 - math.exp(-2 * eta * h)) * 0.8
+    assert torch.allclose(got, torch.full_like(x, want), rtol=1e-12, atol=0)
