@@ -36,7 +36,7 @@ def full_steps(total: int, interval: int, mode: str = "uniform", center: float =
         b = (total - c) ** (1.0 / p)
         ls = np.linspace(a, b, k, endpoint=False)
         idx = np.sign(ls) * np.abs(ls) ** p + c
-        steps = sorted({0} | {int(v) for v in idx if 0 <= int(v) < total})
+        steps = sorted({0} | {int(v) for v in idx if int(v) < total})   # idx >= -c + c = 0
         if len(steps) == k:
             return steps
         p -= 0.02

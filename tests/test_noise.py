@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import math
+
 import pytest
 import torch
 
@@ -103,3 +105,22 @@ def test_brownian_increments_on_an_interval_away_from_0_have_their_variance():
     assert abs(float(whole.var()) - 1.0) < 0.04
     part = p(4.75) - p(4.25)
     assert abs(float(part.var()) - 0.5) < 0.02
+
+
+def test_a_brownian_query_descends_at_most_depth_levels():
+    """``depth`` bounds the tree: a fresh query computes at most ``depth`` midpoint nodes, then bridges."""
+    p = BrownianPath((3,), 0.0, 1.0, seed=1, depth=4)
+    calls = []
+    node = p._node
+    p._node = lambda *a: calls.append(a) or node(*a)
+    p(0.3)
+    assert len(calls) == 4
+    assert [c[4] for c in calls] == [0, 1, 2, 3]      # one node per level, from the root down
+    # the node of level d is the dyadic interval that holds t: index floor(t 2^d)
+    for t in (0.3, 0.71, 0.05):
+        calls.clear()
+        p = BrownianPath((3,), 0.0, 1.0, seed=1, depth=4)
+        node = p._node
+        p._node = lambda *a, node=node: calls.append(a) or node(*a)
+        p(t)
+        assert [(c[4], c[5]) for c in calls] == [(d, math.floor(t * 2 ** d)) for d in range(4)], t

@@ -390,3 +390,10 @@ def test_a_one_step_profile_round_trips(tmp_path):
     back = olss.OLSSProfile.load(prof.save(tmp_path / "one.safetensors"))
     assert back.teacher_steps == 1 and back.steps == 1
     assert torch.equal(back.teacher_sigmas, prof.teacher_sigmas)
+
+
+@pytest.mark.parametrize("denoise", [0.0, 1.5, float("nan"), -0.2])
+def test_a_profile_is_truncated_only_for_denoise_in_0_1(denoise):
+    _, _, prof = _trained("eps", 3.0, 5, True)
+    with pytest.raises(ValueError, match="denoise must be in"):
+        prof.truncated(denoise)

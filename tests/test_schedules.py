@@ -243,3 +243,13 @@ def test_polyexponential_is_k_diffusions_formula(rho):
 def test_karras_below_rho_1_ends_exactly_at_sigma_min(rho, n):
     s = basic.karras(n, SD, rho)
     assert float(s[0]) == SD.sigma_max and float(s[-2]) == SD.sigma_min and float(s[-1]) == 0.0
+
+
+def test_within_range_needs_both_ends_inside_the_models_range():
+    from fewstep.core.model_sigmas import within_range
+    lo, hi = SD.sigma_min, SD.sigma_max
+    assert within_range(lo, hi, SD) and within_range(0.05, 10.0, SD)
+    assert within_range(lo * (1 - 5e-4), hi * (1 + 5e-4), SD)          # float32 copies pass (rtol 1e-3)
+    assert not within_range(lo / 2, 10.0, SD)                           # the bottom below the model's
+    assert not within_range(0.05, hi * 2, SD)                           # the top above it
+    assert not within_range(lo / 2, hi * 2, SD)

@@ -304,3 +304,34 @@ def test_edm_churns_on_the_closed_interval_s_tmin_to_s_tmax():
                                                                "s_tmin": at, "s_tmax": at, "seed": 0})
     assert seen[2] == pytest.approx(at * (1 + gamma), rel=1e-12)
     assert seen[:2] + seen[3:] == pytest.approx([float(v) for v in s[:2]] + [float(v) for v in s[3:-1]], rel=1e-12)
+
+
+def test_edm_takes_every_churn_range_in_its_bounds():
+    """s_tmin and s_tmax may be anywhere in [0, inf) (the paper's S_tmin is 0.05 for some models)."""
+    model, x, _ = problem("eps")
+    s = lam_grid("eps", *SPAN["eps"], 4)
+    for lo, hi in [(0.0, float("inf")), (0.05, 1.0), (0.5, 50.0)]:
+        out = SOLVERS["edm_heun"].fn(model, x, s, family="eps", **{**SOLVERS["edm_heun"].kwargs, "s_churn": 1.0,
+                                                                    "s_tmin": lo, "s_tmax": hi, "seed": 0})
+        assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="s_tmin"):
+        SOLVERS["edm_heun"].fn(model, x, s, family="eps", s_tmin=-0.1)
+
+
+@pytest.mark.parametrize("name,options", [("dpmpp_3m", {"warmup": "singlestep"}), ("deis_3", {"warmup": "singlestep"})])
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_singlestep_warmups_evaluate_at_the_first_steps_midpoint_on_an_uneven_grid(name, options, family):
+    """On a grid whose steps differ in lambda, the start's extra call is at the first step's own midpoint
+    (not one made from another step's length)."""
+    model, x, _ = problem(family)
+    s = torch.tensor([10.0, 5.0, 1.5, 0.6, 0.2, 0.05] if family == "eps" else [0.9, 0.75, 0.5, 0.3, 0.1, 0.05],
+                     dtype=torch.float64)
+    seen = []
+
+    def recording(xx, sigma, **kw):
+        seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return model(xx, sigma, **kw)
+
+    SOLVERS[name].fn(recording, x, s, family=family, **{**SOLVERS[name].kwargs, **options})
+    lam0, lam1 = families.lam(float(s[0]), family), families.lam(float(s[1]), family)
+    assert seen[1] == pytest.approx(families.sigma_from_lam(0.5 * (lam0 + lam1), family), rel=1e-12)
