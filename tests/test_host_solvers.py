@@ -197,6 +197,21 @@ def test_bad_widget_values_are_named(comfy, node, kw, match):
         comfy.NODES[node]().get_sampler(**kw)
 
 
+@pytest.mark.parametrize("args,kw,match", [
+    ((), dict(order=2, eta=0.5), r"FewStepDPMSolver has no widget 'eta'; its widgets are \['order'\]"),
+    ((), {}, r"FewStepDPMSolver: missing widget values \['order'\]"),
+    ((2,), dict(order=2), r"FewStepDPMSolver: widget 'order' given twice"),
+    ((2, 3), {}, r"FewStepDPMSolver takes 1 widget values, got 2"),
+])
+def test_widget_values_are_matched_to_the_declared_widgets(comfy, args, kw, match):
+    """Positional values follow the widget order; an unknown, missing or doubled value is a clear error."""
+    with pytest.raises(TypeError, match=match):
+        comfy.NODES["FewStepDPMSolver"]().get_sampler(*args, **kw)
+    sampler = comfy.NODES["FewStepDPMSolverPP"]().get_sampler("sde_3m", 0.5, 0.8, "gaussian", False)[0]
+    assert sampler.extra_options == {"order": 3, "eta": 0.5, "s_noise": 0.8, "noise": "gaussian",
+                                     "noise_type": "gaussian", "lower_order_final": False}
+
+
 def test_bad_sigmas_raise_through_comfyui(comfy):
     """Increasing or NaN sigmas get the solver's clear error, also from inside ComfyUI."""
     noise = noise_of(0)
