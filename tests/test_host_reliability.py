@@ -338,6 +338,7 @@ def test_handler_computes_off_the_event_loop(routes, monkeypatch):
     monkeypatch.setattr(routes, "get_schedule", slow)
 
     async def scenario(client):
+        assert (await client.get("/ping")).status == 200   # the connection set-up is not timed
         preview = asyncio.ensure_future(client.get(routes.ROUTE, params={"schedule": "karras", "steps": "5"}))
         await asyncio.sleep(0.2)
         lat = []
@@ -351,7 +352,10 @@ def test_handler_computes_off_the_event_loop(routes, monkeypatch):
         return lat, r.status, await r.json()
     lat, status, body = _serve(routes, scenario)
     assert status == 200 and len(body) == 6
-    assert max(lat) < 0.1, lat
+    # A handler that computed on the loop would hold every ping for the rest of the 1.5 s (>= 1.3 s).
+    # Off the loop a ping only waits for the GIL, which the pure-Python worker gives up every 5 ms;
+    # on a loaded 2-core CI machine that has taken up to 0.1 s, so the bound sits well between.
+    assert max(lat) < 0.5, lat
 
 
 def test_handler_answers_503_past_the_deadline(routes, monkeypatch):
